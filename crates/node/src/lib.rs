@@ -1,1 +1,82 @@
-//! peercomm node.
+//! peercomm-node: a peer-to-peer messaging node.
+//!
+//! A [`Node`] owns an identity (Ed25519 PeerId + X25519 box key), a SQLite
+//! store and a libp2p swarm (TCP + QUIC, Noise, Yamux, identify, ping, and
+//! peercomm's own protocols). Everything else talks to it through a
+//! [`NodeHandle`]: send end-to-end encrypted messages, read the inbox, follow
+//! delivery states, subscribe to [`NodeEvent`]s.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use peercomm_node::{Config, Node, NodeOptions, SendOptions};
+//! let node = Node::start(NodeOptions::new("/tmp/alice", Config::default())).await?;
+//! let handle = node.handle();
+//! # let bob = handle.peer_id();
+//! let id = handle.send(bob, b"hello".to_vec(), SendOptions::default()).await?;
+//! println!("queued {id}");
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod clock;
+pub mod config;
+pub mod delivery;
+mod handle;
+pub mod identity;
+pub mod msg;
+mod node;
+mod stats;
+mod transport;
+
+pub use clock::{Clock, SystemClock, TestClock};
+pub use config::{Config, ConfigError, ConfigOverrides};
+pub use handle::{
+    ConnectedPeer, DialError, InboxQuery, NodeHandle, QueryError, SendError, SendOptions, Status,
+    MAX_PAGE,
+};
+pub use identity::{Identity, IdentityError};
+pub use libp2p::{Multiaddr, PeerId};
+pub use node::{Node, NodeOptions, StartError, DATABASE_FILE};
+pub use peercomm_store::{DeliveryState, IncomingMessage, OutgoingMessage};
+pub use peercomm_wire::{MessageId, Priority};
+pub use stats::StatsSnapshot;
+pub use transport::WireCounters;
+
+/// Something that happened in the node, broadcast to every subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A new message arrived and is stored in the inbox.
+    MessageReceived {
+        /// Its id.
+        id: MessageId,
+        /// Its sender.
+        from: PeerId,
+    },
+    /// An outgoing message changed state.
+    MessageState {
+        /// Its id.
+        id: MessageId,
+        /// The new state.
+        state: DeliveryState,
+    },
+    /// A first connection to a peer opened.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer's signed record was received and checked.
+    PeerRecord {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The node listens on a new address.
+    Listening {
+        /// The address.
+        address: Multiaddr,
+    },
+}

@@ -1,0 +1,219 @@
+//! `peercomm demo`: a local network exercising every capability, with the
+//! figures measured while it runs.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use peercomm_node::{DeliveryState, MessageId, NodeEvent, SendOptions};
+use peercomm_sim::{SimNet, SimOptions, Topology};
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+/// Options of `peercomm demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Nodes in the local network.
+    #[arg(long, default_value_t = 20)]
+    nodes: usize,
+    /// Direct messages sent between random pairs.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    body_bytes: usize,
+    /// Seed for the topology and the pairs (random if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Give up waiting for deliveries after this long.
+    #[arg(long, default_value = "120s", value_parser = humantime_duration)]
+    timeout: Duration,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<humantime::Duration>()
+        .map(Into::into)
+        .map_err(|e| format!("{e} (write durations like 30s, 2m)"))
+}
+
+/// Latencies in milliseconds, sorted, to quantiles.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.nodes < 2 {
+        bail!("--nodes must be at least 2 (got {})", args.nodes);
+    }
+    let mut options = SimOptions::new(args.nodes, Topology::Random(3.min(args.nodes - 1)));
+    if let Some(seed) = args.seed {
+        options.seed = seed;
+    }
+    let seed = options.seed;
+    println!(
+        "peercomm demo: starting {} nodes on loopback (seed {seed})",
+        args.nodes
+    );
+    let started = Instant::now();
+    let net = SimNet::start(options)
+        .await
+        .context("starting the network")?;
+    net.introduce_all().await?;
+    println!(
+        "  network up in {:.2}s: random topology of degree 3, other links made on demand",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Watch every node's events: deliveries at senders, arrivals at recipients.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for i in 0..net.len() {
+        let mut events = net.handle(i).subscribe();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        if tx.send((Instant::now(), event)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("demo: missed {n} events of a node (slow consumer)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let wire_before: u64 = (0..net.len())
+        .map(|i| net.handle(i).stats().wire_bytes_out)
+        .sum();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let bar = ProgressBar::new(args.messages as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "  {spinner} direct messages [{bar:40}] {pos}/{len} delivered  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut sent_at: HashMap<MessageId, Instant> = HashMap::with_capacity(args.messages);
+    let send_start = Instant::now();
+    for _ in 0..args.messages {
+        let from = rng.gen_range(0..net.len());
+        let mut to = rng.gen_range(0..net.len() - 1);
+        if to >= from {
+            to += 1;
+        }
+        let mut body = vec![0u8; args.body_bytes];
+        rng.fill(&mut body[..]);
+        let id = net
+            .handle(from)
+            .send(net.peer_id(to), body, SendOptions::default())
+            .await
+            .context("send")?;
+        sent_at.insert(id, Instant::now());
+    }
+    let send_secs = send_start.elapsed().as_secs_f64();
+
+    let mut latencies = Vec::with_capacity(args.messages);
+    let mut received: HashMap<MessageId, u32> = HashMap::new();
+    let mut delivered = 0usize;
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    while delivered < args.messages {
+        let next = tokio::time::timeout_at(deadline, rx.recv()).await;
+        let Ok(Some((at, event))) = next else { break };
+        match event {
+            NodeEvent::MessageState {
+                id,
+                state: DeliveryState::Delivered,
+            } => {
+                if let Some(t0) = sent_at.get(&id) {
+                    latencies.push(at.duration_since(*t0).as_secs_f64() * 1000.0);
+                    delivered += 1;
+                    bar.inc(1);
+                }
+            }
+            NodeEvent::MessageReceived { id, .. } => {
+                *received.entry(id).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    // Let arrivals that raced the last receipt be counted.
+    while let Ok((_, event)) = rx.try_recv() {
+        if let NodeEvent::MessageReceived { id, .. } = event {
+            *received.entry(id).or_default() += 1;
+        }
+    }
+    let elapsed = send_start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let stats: Vec<_> = (0..net.len()).map(|i| net.handle(i).stats()).collect();
+    let wire_after: u64 = stats.iter().map(|s| s.wire_bytes_out).sum();
+    let wire = wire_after.saturating_sub(wire_before);
+    let duplicates_delivered = received.values().filter(|n| **n > 1).count();
+    let retransmits_deduplicated: u64 = stats.iter().map(|s| s.duplicates).sum();
+    let rejected: u64 = stats.iter().map(|s| s.rejected_total()).sum();
+    let lost = args.messages - delivered;
+    let arrived_once = sent_at
+        .keys()
+        .filter(|id| received.get(id) == Some(&1))
+        .count();
+
+    println!();
+    println!("  {:<34} {:>14}", "capability / figure", "measured");
+    println!("  {}", "-".repeat(50));
+    let row = |name: &str, value: String| println!("  {name:<34} {value:>14}");
+    row("nodes", net.len().to_string());
+    row("direct: sent", args.messages.to_string());
+    row("direct: delivered (receipt)", delivered.to_string());
+    row("direct: arrived exactly once", arrived_once.to_string());
+    row("direct: lost", lost.to_string());
+    row("direct: delivered twice", duplicates_delivered.to_string());
+    row(
+        "direct: retransmits deduplicated",
+        retransmits_deduplicated.to_string(),
+    );
+    row(
+        "direct: latency p50 (ms)",
+        format!("{:.1}", quantile(&latencies, 0.50)),
+    );
+    row(
+        "direct: latency p99 (ms)",
+        format!("{:.1}", quantile(&latencies, 0.99)),
+    );
+    row(
+        "direct: send rate (msg/s)",
+        format!("{:.0}", args.messages as f64 / send_secs),
+    );
+    row(
+        "direct: delivered rate (msg/s)",
+        format!("{:.0}", delivered as f64 / elapsed),
+    );
+    row("bytes on the wire (TCP, out)", wire.to_string());
+    row(
+        "bytes on the wire per message",
+        format!("{:.0}", wire as f64 / args.messages.max(1) as f64),
+    );
+    row("inbound envelopes rejected", rejected.to_string());
+    println!();
+    net.shutdown().await;
+    if lost > 0 || duplicates_delivered > 0 || arrived_once != args.messages {
+        bail!(
+            "{lost} message(s) lost, {duplicates_delivered} delivered twice, {} arrived exactly once of {}",
+            arrived_once,
+            args.messages
+        );
+    }
+    println!("all {} messages delivered exactly once", args.messages);
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! Node configuration, layered with figment:
+//! defaults < `<data-dir>/config.toml` < `PEERCOMM_*` environment < flags.
+//!
+//! Durations are written the human way (`30s`, `5m`, `14d`). Unknown keys are
+//! errors, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Name of the configuration file inside the data dir.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Prefix of the environment variables that configure the node.
+pub const ENV_PREFIX: &str = "PEERCOMM_";
+/// Environment variables with the prefix that are not configuration keys
+/// (they are read by the binary before the configuration is loaded).
+const ENV_NOT_CONFIG: &[&str] = &["data_dir", "log", "log_format", "api_token"];
+
+/// Everything a node can be configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001`, `/ip4/0.0.0.0/udp/4001/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial on start, with their `/p2p/<peer-id>` suffix.
+    pub peers: Vec<Multiaddr>,
+    /// Outgoing message delivery.
+    pub delivery: DeliveryConfig,
+    /// Connection handling.
+    pub network: NetworkConfig,
+}
+
+/// How outgoing messages are delivered and retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Delay before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Growth of the delay per attempt (≥ 1.0).
+    pub retry_factor: f64,
+    /// Largest delay between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub retry_cap: Duration,
+    /// Random spread of each delay, as a fraction (0.0 to 1.0).
+    pub retry_jitter: f64,
+    /// Lifetime of a message when the sender gives none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest lifetime a sender may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Messages taken from the outbox per scheduling round.
+    pub batch: usize,
+    /// How often the outbox is checked for due retries and expiry.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+}
+
+/// Connection handling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Close a connection that carried nothing for this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_connection_timeout: Duration,
+    /// Give up on a request (a message awaiting its receipt) after this long.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Concurrent message streams per connection.
+    pub max_concurrent_streams: usize,
+    /// Lifetime of our signed peer record; it is re-signed well before.
+    #[serde(with = "humantime_serde")]
+    pub record_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001"
+                    .parse()
+                    .expect("valid default multiaddr"),
+                "/ip4/0.0.0.0/udp/4001/quic-v1"
+                    .parse()
+                    .expect("valid default multiaddr"),
+            ],
+            peers: Vec::new(),
+            delivery: DeliveryConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(2),
+            retry_factor: 2.0,
+            retry_cap: Duration::from_secs(10 * 60),
+            retry_jitter: 0.2,
+            default_ttl: Duration::from_secs(14 * 24 * 3600),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            batch: 128,
+            tick: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            idle_connection_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 128,
+            record_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key is unknown, or a value has the wrong type or format.
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    /// Values that parse but cannot work together.
+    #[error("invalid configuration: `{key}`: {problem}")]
+    Value {
+        /// The offending key, dotted (`delivery.retry_factor`).
+        key: &'static str,
+        /// What is wrong and what is expected.
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Loads the layers: defaults, `<data_dir>/config.toml` (if present),
+    /// `PEERCOMM_*` environment variables (nested keys joined by `__`, e.g.
+    /// `PEERCOMM_DELIVERY__RETRY_BASE=5s`), then `overrides` (the flags).
+    pub fn load(data_dir: &Path, overrides: &ConfigOverrides) -> Result<Self, ConfigError> {
+        Self::figment(data_dir, overrides).and_then(|f| {
+            let config: Config = f.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+            config.validate()?;
+            Ok(config)
+        })
+    }
+
+    fn figment(data_dir: &Path, overrides: &ConfigOverrides) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(data_dir.join(CONFIG_FILE)))
+            .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_NOT_CONFIG));
+        if !overrides.listen.is_empty() {
+            figment = figment.merge(Serialized::default("listen", &overrides.listen));
+        }
+        if !overrides.peers.is_empty() {
+            figment = figment.merge(Serialized::default("peers", &overrides.peers));
+        }
+        Ok(figment)
+    }
+
+    /// Checks values that each parse but must also make sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.delivery;
+        if !(d.retry_factor >= 1.0 && d.retry_factor <= 16.0) {
+            return Err(ConfigError::Value {
+                key: "delivery.retry_factor",
+                problem: format!("{} is out of range; expected 1.0 to 16.0", d.retry_factor),
+            });
+        }
+        if !(0.0..=1.0).contains(&d.retry_jitter) {
+            return Err(ConfigError::Value {
+                key: "delivery.retry_jitter",
+                problem: format!("{} is out of range; expected 0.0 to 1.0", d.retry_jitter),
+            });
+        }
+        if d.retry_base.is_zero() || d.retry_cap < d.retry_base {
+            return Err(ConfigError::Value {
+                key: "delivery.retry_cap",
+                problem: "expected retry_base > 0 and retry_cap >= retry_base".into(),
+            });
+        }
+        if d.default_ttl.is_zero() || d.default_ttl > d.max_ttl {
+            return Err(ConfigError::Value {
+                key: "delivery.default_ttl",
+                problem: format!(
+                    "{} must be above zero and at most delivery.max_ttl ({})",
+                    humantime::format_duration(d.default_ttl),
+                    humantime::format_duration(d.max_ttl)
+                ),
+            });
+        }
+        if d.batch == 0 || d.batch > 500 {
+            return Err(ConfigError::Value {
+                key: "delivery.batch",
+                problem: format!("{} is out of range; expected 1 to 500", d.batch),
+            });
+        }
+        if d.tick.is_zero() {
+            return Err(ConfigError::Value {
+                key: "delivery.tick",
+                problem: "expected a duration above zero, e.g. `250ms`".into(),
+            });
+        }
+        let n = &self.network;
+        if n.max_concurrent_streams == 0 {
+            return Err(ConfigError::Value {
+                key: "network.max_concurrent_streams",
+                problem: "expected at least 1".into(),
+            });
+        }
+        if n.record_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::Value {
+                key: "network.record_ttl",
+                problem: "expected at least `1m`".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Values given as command-line flags: they win over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    /// `--listen`, replaces `listen` when not empty.
+    pub listen: Vec<Multiaddr>,
+    /// `--peer`/`--bootstrap`, replaces `peers` when not empty.
+    pub peers: Vec<Multiaddr>,
+}
+
+/// The commented `config.toml` written by `peercomm init`.
+pub fn commented_default_toml() -> String {
+    let d = Config::default();
+    format!(
+        r#"# peercomm node configuration.
+# Layers, lowest first: built-in defaults < this file < PEERCOMM_* environment
+# variables (nested keys joined by `__`, e.g. PEERCOMM_DELIVERY__RETRY_BASE=5s)
+# < command-line flags. Durations are written like 250ms, 30s, 5m, 14d.
+
+# Addresses to listen on (TCP and QUIC).
+listen = [{listen}]
+
+# Peers to dial at start, each ending in /p2p/<peer-id>.
+peers = []
+
+[delivery]
+retry_base = "{rb}"        # delay before the first retry
+retry_factor = {rf:.1}       # growth per attempt
+retry_cap = "{rc}"        # longest delay between attempts
+retry_jitter = {rj:.1}       # random spread, fraction of the delay
+default_ttl = "{dt}"      # lifetime of a message unless the sender says otherwise
+max_ttl = "{mt}"          # longest lifetime a sender may ask for
+
+[network]
+idle_connection_timeout = "{ic}"
+request_timeout = "{rt}"
+"#,
+        listen = d
+            .listen
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        rb = humantime::format_duration(d.delivery.retry_base),
+        rf = d.delivery.retry_factor,
+        rc = humantime::format_duration(d.delivery.retry_cap),
+        rj = d.delivery.retry_jitter,
+        dt = humantime::format_duration(d.delivery.default_ttl),
+        mt = humantime::format_duration(d.delivery.max_ttl),
+        ic = humantime::format_duration(d.network.idle_connection_timeout),
+        rt = humantime::format_duration(d.network.request_timeout),
+    )
+}
+
+/// The default data dir for this user (`$XDG_DATA_HOME/peercomm` on Linux).
+pub fn default_data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "peercomm").map(|d| d.data_dir().to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), toml).unwrap();
+        Config::load(dir.path(), &ConfigOverrides::default())
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(dir.path(), &ConfigOverrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn the_commented_default_file_loads_to_the_defaults() {
+        let c = load_with(&commented_default_toml()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let c = load_with("[delivery]\nretry_base = \"30s\"\ndefault_ttl = \"14d\"\n").unwrap();
+        assert_eq!(c.delivery.retry_base, Duration::from_secs(30));
+        assert_eq!(c.delivery.default_ttl, Duration::from_secs(14 * 86400));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_with("[delivery]\nretry_bsae = \"30s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retry_bsae"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key_and_what_was_expected() {
+        let err = load_with("[delivery]\nretry_base = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retry_base"), "{err}");
+        let err = load_with("listen = [\"not-a-multiaddr\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = load_with("[delivery]\nretry_jitter = 3.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("delivery.retry_jitter") && err.contains("0.0 to 1.0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = [\"/ip4/127.0.0.1/tcp/1000\"]\n",
+        )
+        .unwrap();
+        let flag: Multiaddr = "/ip4/127.0.0.1/tcp/2000".parse().unwrap();
+        let c = Config::load(
+            dir.path(),
+            &ConfigOverrides {
+                listen: vec![flag.clone()],
+                peers: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, vec![flag]);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the error type
+    fn environment_wins_over_the_file_and_loses_to_flags() {
+        // figment::Jail isolates the process environment for this test.
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(CONFIG_FILE, "[delivery]\nretry_base = \"1s\"\n")?;
+            jail.set_env("PEERCOMM_DELIVERY__RETRY_BASE", "7s");
+            let c = Config::load(jail.directory(), &ConfigOverrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.delivery.retry_base, Duration::from_secs(7));
+            jail.set_env("PEERCOMM_DELIVERY__RETRY_BSAE", "7s");
+            let err = Config::load(jail.directory(), &ConfigOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains("retry_bsae"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,1145 @@
+//! Starting a node and its event loop: the one task that owns the libp2p
+//! `Swarm`.
+//!
+//! The loop is a thin adapter. It turns swarm events and handle commands into
+//! work on the store and the wire types, and runs that work (SQLite commits,
+//! signature checks, sealing) on blocking threads so the swarm keeps being
+//! polled; results come back on an internal channel.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::{upgrade, ConnectedPoint, Transport};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use peercomm_store::{DeliveryState, NewIncoming, PeerRow, ReceiptRow, Store, UpsertOutcome};
+use peercomm_wire::{pb, MessageId, PeerRecord};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::delivery::Backoff;
+use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
+use crate::identity::{Identity, IdentityError};
+use crate::msg::{FrameCodec, MSG_PROTOCOL, RECORD_PROTOCOL};
+use crate::stats::{bump, Stats};
+use crate::transport::{Counted, WireCounters};
+use crate::NodeEvent;
+
+/// Name of the database file inside the data dir.
+pub const DATABASE_FILE: &str = "peercomm.db";
+/// Protocol string announced through identify.
+const AGENT_PROTOCOL: &str = "/peercomm/1.0.0";
+/// Commands queued from handles before senders wait.
+const COMMAND_QUEUE: usize = 1024;
+/// Results of background work queued before workers wait.
+const INTERNAL_QUEUE: usize = 4096;
+/// Events buffered per subscriber before a slow one misses some.
+const EVENT_QUEUE: usize = 4096;
+/// Known peers dialled at start, most recently seen first.
+const DIAL_KNOWN_AT_START: usize = 32;
+/// How long `start` waits for listeners to report their addresses.
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+/// Peers whose told addresses we keep.
+const MAX_TOLD_PEERS: usize = 10_000;
+/// Told addresses kept per peer (oldest dropped first).
+const MAX_TOLD_ADDRS_PER_PEER: usize = 8;
+/// How long a graceful shutdown waits for work in flight.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Where the identity, database and config live.
+    pub data_dir: PathBuf,
+    /// The loaded configuration.
+    pub config: Config,
+    /// The time source (the real clock unless a test moves it).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl NodeOptions {
+    /// Options with the real clock.
+    pub fn new(data_dir: impl Into<PathBuf>, config: Config) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            config,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The identity file is missing, exposed or corrupt.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The configuration does not make sense.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database {path}: {reason}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The transports could not be set up.
+    #[error("cannot set up the network transports: {0}")]
+    Transport(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A running node: its handle and its event loop task.
+#[derive(Debug)]
+pub struct Node {
+    handle: NodeHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    msg: request_response::Behaviour<FrameCodec>,
+    record: request_response::Behaviour<FrameCodec>,
+}
+
+/// One delivery attempt prepared on a blocking thread.
+#[derive(Debug)]
+struct Attempt {
+    id: MessageId,
+    recipient: PeerId,
+    /// The sealed envelope, or `None` while we lack the recipient's box key.
+    envelope: Option<Vec<u8>>,
+    addrs: Vec<Multiaddr>,
+}
+
+/// Results of background work, back to the loop.
+#[derive(Debug)]
+enum Internal {
+    Due { attempts: Vec<Attempt>, full: bool },
+    Respond { token: u64, response: Vec<u8> },
+    RecordStored { peer: PeerId, addrs: Vec<Multiaddr> },
+    Rescheduled,
+    Settled,
+}
+
+impl Node {
+    /// Loads (or creates) the identity, opens the database, binds the listen
+    /// addresses, dials the configured and remembered peers, and starts the
+    /// event loop. Returns once every listener has an address.
+    pub async fn start(options: NodeOptions) -> Result<Self, StartError> {
+        options.config.validate()?;
+        let (identity, _) = Identity::load_or_create(&options.data_dir)?;
+        let db_path = options.data_dir.join(DATABASE_FILE);
+        let store = {
+            let path = db_path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .map_err(|e| StartError::Store {
+                    path: db_path.clone(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| StartError::Store {
+                    path: db_path.clone(),
+                    reason: e.to_string(),
+                })?
+        };
+        let wire = Arc::new(WireCounters::default());
+        let stats = Arc::new(Stats::default());
+        let mut swarm = build_swarm(&identity, &options.config, wire.clone(), stats.clone())?;
+
+        let mut pending_listeners = HashMap::new();
+        for addr in &options.config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            pending_listeners.insert(id, addr.clone());
+        }
+        let mut listen_addrs = Vec::new();
+        let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+        while !pending_listeners.is_empty() {
+            let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .map_err(|_| StartError::Listen {
+                    addr: pending_listeners
+                        .values()
+                        .next()
+                        .cloned()
+                        .unwrap_or_else(Multiaddr::empty),
+                    reason: "no address reported in time".into(),
+                })?;
+            match event {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    pending_listeners.remove(&listener_id);
+                    listen_addrs.push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason: Err(e),
+                    ..
+                }
+                | SwarmEvent::ListenerError {
+                    listener_id,
+                    error: e,
+                } => {
+                    let addr = pending_listeners
+                        .remove(&listener_id)
+                        .unwrap_or_else(Multiaddr::empty);
+                    return Err(StartError::Listen {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let shared = Arc::new(Shared {
+            peer_id: identity.peer_id(),
+            store: Arc::new(Mutex::new(store)),
+            stats,
+            wire,
+            events,
+            config: options.config.clone(),
+            clock: options.clock.clone(),
+            started: Instant::now(),
+        });
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
+        let mut event_loop = EventLoop {
+            swarm,
+            identity: Arc::new(identity),
+            shared: shared.clone(),
+            commands: commands_rx,
+            internal_tx,
+            internal_rx,
+            backoff: Backoff::from_config(&options.config.delivery),
+            rng: StdRng::from_entropy(),
+            listen_addrs,
+            record: Vec::new(),
+            record_seq: 0,
+            record_signed_ms: 0,
+            in_flight: HashMap::new(),
+            in_flight_ids: HashSet::new(),
+            responses: HashMap::new(),
+            next_token: 0,
+            background: 0,
+            told_addrs: HashMap::new(),
+            due_dirty: true,
+            due_running: false,
+            shutdown: None,
+        };
+        event_loop.sign_record();
+        event_loop.dial_at_start().await;
+        let handle = NodeHandle {
+            shared,
+            commands: commands_tx,
+        };
+        let task = tokio::spawn(event_loop.run());
+        Ok(Self { handle, task })
+    }
+
+    /// A handle to the node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node gracefully and waits for its event loop to end.
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+        let _ = self.task.await;
+    }
+
+    /// Ends the node at once, as a crash would: no graceful shutdown, work
+    /// in flight is abandoned. What was committed to the database stays.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+fn build_swarm(
+    identity: &Identity,
+    config: &Config,
+    wire: Arc<WireCounters>,
+    stats: Arc<Stats>,
+) -> Result<Swarm<Behaviour>, StartError> {
+    let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
+    let net = config.network.clone();
+    let codec = FrameCodec::counting(stats);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair().clone())
+        .with_tokio()
+        .with_quic()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            let counters = wire.clone();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .map(move |stream, _| Counted::new(stream, counters.clone()))
+                    .upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20)),
+            )
+        })
+        .map_err(|e| transport_err(&e))?
+        .with_dns()
+        .map_err(|e| transport_err(&e))?
+        .with_behaviour(|key| {
+            let rr_config = request_response::Config::default()
+                .with_request_timeout(net.request_timeout)
+                .with_max_concurrent_streams(net.max_concurrent_streams);
+            Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    AGENT_PROTOCOL.to_string(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                msg: request_response::Behaviour::with_codec(
+                    codec.clone(),
+                    [(MSG_PROTOCOL, ProtocolSupport::Full)],
+                    rr_config.clone(),
+                ),
+                record: request_response::Behaviour::with_codec(
+                    codec,
+                    [(RECORD_PROTOCOL, ProtocolSupport::Full)],
+                    rr_config,
+                ),
+            }
+        })
+        .map_err(|e| transport_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(net.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    identity: Arc<Identity>,
+    shared: Arc<Shared>,
+    commands: mpsc::Receiver<Command>,
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: mpsc::Receiver<Internal>,
+    backoff: Backoff,
+    rng: StdRng,
+    listen_addrs: Vec<Multiaddr>,
+    /// Our signed peer record, as sent to peers.
+    record: Vec<u8>,
+    record_seq: u64,
+    record_signed_ms: u64,
+    /// Outbound message requests awaiting their receipt.
+    in_flight: HashMap<OutboundRequestId, MessageId>,
+    in_flight_ids: HashSet<MessageId>,
+    /// Inbound requests whose response is being prepared in the background.
+    responses: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    next_token: u64,
+    /// Background tasks not yet settled.
+    background: usize,
+    /// Addresses we were told about (config, `add_peer_address`), re-offered
+    /// on every dial: libp2p forgets an address after a failed dial.
+    told_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    due_dirty: bool,
+    due_running: bool,
+    shutdown: Option<(oneshot::Sender<()>, tokio::time::Instant)>,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.shared.config.delivery.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.due_dirty && !self.due_running && self.shutdown.is_none() {
+                self.start_due_round();
+            }
+            if let Some((_, deadline)) = &self.shutdown {
+                if self.background == 0 || tokio::time::Instant::now() >= *deadline {
+                    break;
+                }
+            }
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => {
+                        // Every handle is gone: nobody can use the node.
+                        break;
+                    }
+                },
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.finish().await;
+    }
+
+    async fn finish(mut self) {
+        let store = self.shared.store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = guard.checkpoint() {
+                tracing::warn!("checkpoint at shutdown failed: {e}");
+            }
+        })
+        .await;
+        if let Some((reply, _)) = self.shutdown.take() {
+            let _ = reply.send(());
+        }
+        tracing::info!(peer = %self.shared.peer_id, "node stopped");
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    /// Runs `work` on a blocking thread with the store; its result (if any)
+    /// comes back as an [`Internal`].
+    fn background(&mut self, work: impl FnOnce(&mut Store) -> Option<Internal> + Send + 'static) {
+        self.background += 1;
+        let store = self.shared.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
+                work(&mut guard)
+            })
+            .await;
+            let internal = match result {
+                Ok(Some(internal)) => internal,
+                Ok(None) => Internal::Settled,
+                Err(e) => {
+                    tracing::error!("background store task failed: {e}");
+                    Internal::Settled
+                }
+            };
+            let _ = tx.send(internal).await;
+        });
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        let _ = self.shared.events.send(event);
+    }
+
+    // ---- our peer record -------------------------------------------------
+
+    fn sign_record(&mut self) {
+        let now = self.now_ms();
+        self.record_seq = now.max(self.record_seq + 1);
+        let ttl_ms =
+            u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
+        let record = PeerRecord {
+            peer_id: self.shared.peer_id,
+            addrs: self.listen_addrs.clone(),
+            box_key: *self.identity.box_keys().public(),
+            protocol_version: peercomm_wire::limits::PROTOCOL_VERSION,
+            seq: self.record_seq,
+            expires_ms: now.saturating_add(ttl_ms),
+            roles: Vec::new(),
+        };
+        match record.sign(self.identity.keypair()) {
+            Ok(bytes) => {
+                self.record = bytes;
+                self.record_signed_ms = now;
+            }
+            Err(e) => tracing::error!("cannot sign our peer record: {e}"),
+        }
+    }
+
+    fn on_record_bytes(&mut self, from: PeerId, bytes: Vec<u8>) {
+        let now = self.now_ms();
+        let stats = self.shared.stats.clone();
+        self.background(move |store| {
+            let record = match peercomm_wire::verify_record(&bytes, now) {
+                Ok(r) if r.peer_id == from => r,
+                Ok(r) => {
+                    tracing::debug!(%from, claimed = %r.peer_id, "record for another peer");
+                    bump(&stats.records_rejected);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(%from, "bad peer record: {e}");
+                    bump(&stats.records_rejected);
+                    return None;
+                }
+            };
+            let row = PeerRow {
+                peer_id: from.to_base58(),
+                record: bytes,
+                seq: record.seq,
+                addrs: record.addrs.iter().map(|a| a.to_string()).collect(),
+                box_key: record.box_key,
+                first_seen_ms: now,
+                last_seen_ms: now,
+            };
+            match store.upsert_peer(&row) {
+                Ok(UpsertOutcome::Stale) => {
+                    bump(&stats.records_rejected);
+                }
+                Ok(_) => bump(&stats.records_accepted),
+                Err(e) => tracing::warn!("cannot store the record of {from}: {e}"),
+            }
+            // Whatever we hold now, messages to this peer can go out.
+            if let Err(e) = store.reschedule_recipient(&from.to_base58(), now) {
+                tracing::warn!("cannot reschedule messages to {from}: {e}");
+            }
+            Some(Internal::RecordStored {
+                peer: from,
+                addrs: record.addrs,
+            })
+        });
+    }
+
+    // ---- start-up ----------------------------------------------------------
+
+    async fn dial_at_start(&mut self) {
+        for addr in self.shared.config.peers.clone() {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                self.remember_addr(peer, strip_p2p(&addr));
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, "cannot dial configured peer: {e}");
+            }
+        }
+        let store = self.shared.store.clone();
+        let known = tokio::task::spawn_blocking(move || {
+            let guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            guard.peers(DIAL_KNOWN_AT_START as u32)
+        })
+        .await;
+        let Ok(Ok(known)) = known else { return };
+        for row in known {
+            let Ok(peer) = row.peer_id.parse::<PeerId>() else {
+                continue;
+            };
+            let addrs: Vec<Multiaddr> = row.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            for addr in &addrs {
+                self.swarm.add_peer_address(peer, addr.clone());
+            }
+            let _ = self.swarm.dial(
+                DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+            );
+        }
+    }
+
+    // ---- the outbox --------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        self.due_dirty = true;
+        let ttl_ms =
+            u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
+        if self.now_ms().saturating_sub(self.record_signed_ms) > ttl_ms / 2 {
+            self.sign_record();
+        }
+    }
+
+    /// Takes the due messages from the outbox: expires what is past its
+    /// lifetime, seals what can be sealed, schedules each message's next
+    /// attempt *before* this one goes out (so a crash never loses a retry).
+    fn start_due_round(&mut self) {
+        self.due_dirty = false;
+        self.due_running = true;
+        let now = self.now_ms();
+        let batch = self.shared.config.delivery.batch as u32;
+        let skip = self.in_flight_ids.clone();
+        let backoff = self.backoff;
+        let mut rng =
+            StdRng::from_rng(&mut self.rng).unwrap_or_else(|_| StdRng::seed_from_u64(now));
+        let keypair = self.identity.keypair().clone();
+        let events = self.shared.events.clone();
+        self.background(move |store| {
+            match store.expire_due(now) {
+                Ok(expired) => {
+                    for id in expired {
+                        let _ = events.send(NodeEvent::MessageState {
+                            id: MessageId::from(id),
+                            state: DeliveryState::Expired,
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!("cannot expire messages: {e}"),
+            }
+            let due = match store.due_outgoing(now, batch) {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!("cannot read the outbox: {e}");
+                    return Some(Internal::Due {
+                        attempts: Vec::new(),
+                        full: false,
+                    });
+                }
+            };
+            let full = due.len() as u32 >= batch;
+            let mut attempts = Vec::with_capacity(due.len());
+            for m in due {
+                let id = MessageId::from(m.id);
+                if skip.contains(&id) {
+                    continue;
+                }
+                let Ok(recipient) = m.recipient.parse::<PeerId>() else {
+                    let _ = store.set_state(&m.id, DeliveryState::Failed, now);
+                    continue;
+                };
+                let peer = store.get_peer(&m.recipient).ok().flatten();
+                let mut envelope = m.envelope.clone();
+                let mut error = None;
+                if envelope.is_none() {
+                    match &peer {
+                        Some(peer) => {
+                            match seal_outgoing(&keypair, &m, recipient, &peer.box_key, &mut rng) {
+                                Ok(sealed) => {
+                                    if let Err(e) = store.set_envelope(&m.id, &sealed) {
+                                        tracing::warn!("cannot store envelope: {e}");
+                                    }
+                                    envelope = Some(sealed);
+                                }
+                                Err(e) => {
+                                    let _ = store.set_state(&m.id, DeliveryState::Failed, now);
+                                    tracing::warn!(%id, "cannot seal: {e}");
+                                    continue;
+                                }
+                            }
+                        }
+                        None => error = Some("no record of the recipient yet: connecting to it"),
+                    }
+                }
+                let next = now.saturating_add(
+                    u64::try_from(backoff.delay(m.attempts + 1, &mut rng).as_millis())
+                        .unwrap_or(u64::MAX),
+                );
+                if let Err(e) = store.record_attempt(&m.id, now, next, error) {
+                    tracing::warn!("cannot record an attempt: {e}");
+                    continue;
+                }
+                attempts.push(Attempt {
+                    id,
+                    recipient,
+                    envelope,
+                    addrs: peer
+                        .map(|p| p.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                        .unwrap_or_default(),
+                });
+            }
+            Some(Internal::Due { attempts, full })
+        });
+    }
+
+    fn on_due(&mut self, attempts: Vec<Attempt>, full: bool) {
+        self.due_running = false;
+        if full {
+            self.due_dirty = true;
+        }
+        if self.shutdown.is_some() {
+            return;
+        }
+        for attempt in attempts {
+            let mut addrs = attempt.addrs;
+            if let Some(told) = self.told_addrs.get(&attempt.recipient) {
+                for addr in told {
+                    if !addrs.contains(addr) {
+                        addrs.push(addr.clone());
+                    }
+                }
+            }
+            match attempt.envelope {
+                Some(envelope) => {
+                    let request_id = self.swarm.behaviour_mut().msg.send_request_with_addresses(
+                        &attempt.recipient,
+                        envelope,
+                        addrs,
+                    );
+                    bump(&self.shared.stats.attempts);
+                    self.in_flight.insert(request_id, attempt.id);
+                    self.in_flight_ids.insert(attempt.id);
+                }
+                None => {
+                    // We need the peer's record first; connecting exchanges it.
+                    if self.swarm.is_connected(&attempt.recipient) {
+                        let record = self.record.clone();
+                        self.swarm
+                            .behaviour_mut()
+                            .record
+                            .send_request(&attempt.recipient, record);
+                    } else {
+                        let _ = self.swarm.dial(
+                            DialOpts::peer_id(attempt.recipient)
+                                .addresses(addrs)
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_msg_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Vec<u8>) {
+        let Some(id) = self.in_flight.remove(&request_id) else {
+            return;
+        };
+        self.in_flight_ids.remove(&id);
+        let now = self.now_ms();
+        let stats = self.shared.stats.clone();
+        let events = self.shared.events.clone();
+        self.background(move |store| {
+            let response = match pb::MsgResponse::decode(response.as_slice()) {
+                Ok(r) => r,
+                Err(e) => {
+                    bump(&stats.bad_receipts);
+                    tracing::debug!(%peer, %id, "undecodable response: {e}");
+                    return None;
+                }
+            };
+            match response.result {
+                Some(pb::msg_response::Result::Receipt(receipt)) => {
+                    match peercomm_wire::verify_signed_receipt(&receipt, &peer, id) {
+                        Ok(info) => {
+                            let row = ReceiptRow {
+                                message_id: *id.as_bytes(),
+                                recipient: peer.to_base58(),
+                                received_ms: info.received_ms,
+                                signed: receipt.encode_to_vec(),
+                            };
+                            match store.mark_delivered(id.as_bytes(), &row, now) {
+                                Ok(true) => {
+                                    bump(&stats.delivered);
+                                    let _ = events.send(NodeEvent::MessageState {
+                                        id,
+                                        state: DeliveryState::Delivered,
+                                    });
+                                }
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(%id, "cannot mark delivered: {e}"),
+                            }
+                        }
+                        Err(e) => {
+                            bump(&stats.bad_receipts);
+                            tracing::debug!(%peer, %id, "bad receipt: {e}");
+                        }
+                    }
+                }
+                Some(pb::msg_response::Result::Reject(reject)) => {
+                    bump(&stats.attempt_failures);
+                    let code = pb::RejectCode::try_from(reject.code)
+                        .unwrap_or(pb::RejectCode::RejectUnspecified);
+                    tracing::debug!(%peer, %id, ?code, reason = %reject.reason, "message rejected");
+                    let terminal = match code {
+                        pb::RejectCode::RejectExpired => Some(DeliveryState::Expired),
+                        pb::RejectCode::RejectInternal | pb::RejectCode::RejectUnspecified => None,
+                        _ => Some(DeliveryState::Failed),
+                    };
+                    if let Some(state) = terminal {
+                        let note = format!("rejected by recipient: {}", reject.reason);
+                        let _ = store.record_attempt(id.as_bytes(), now, now, Some(&note));
+                        if let Ok(true) = store.set_state(id.as_bytes(), state, now) {
+                            let _ = events.send(NodeEvent::MessageState { id, state });
+                        }
+                    }
+                }
+                None => bump(&stats.bad_receipts),
+            }
+            None
+        });
+    }
+
+    // ---- inbound envelopes ------------------------------------------------
+
+    fn on_msg_request(
+        &mut self,
+        peer: PeerId,
+        request: Vec<u8>,
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        if self.shutdown.is_some() {
+            // Dropping the channel closes the stream: the sender retries.
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.responses.insert(token, channel);
+        let now = self.now_ms();
+        let identity = self.identity.clone();
+        let stats = self.shared.stats.clone();
+        let events = self.shared.events.clone();
+        self.background(move |store| {
+            let response = accept_envelope(store, &identity, &stats, &events, peer, &request, now);
+            Some(Internal::Respond {
+                token,
+                response: response.encode_to_vec(),
+            })
+        });
+    }
+
+    // ---- events ------------------------------------------------------------
+
+    fn on_internal(&mut self, internal: Internal) {
+        self.background = self.background.saturating_sub(1);
+        match internal {
+            Internal::Due { attempts, full } => self.on_due(attempts, full),
+            Internal::Respond { token, response } => {
+                if let Some(channel) = self.responses.remove(&token) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .msg
+                        .send_response(channel, response);
+                }
+            }
+            Internal::RecordStored { peer, addrs } => {
+                for addr in addrs {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+                self.due_dirty = true;
+                self.emit(NodeEvent::PeerRecord { peer });
+            }
+            Internal::Rescheduled => self.due_dirty = true,
+            Internal::Settled => {}
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Kick => self.due_dirty = true,
+            Command::Dial(addr, reply) => {
+                let result = self.swarm.dial(addr).map_err(|e| e.to_string());
+                let _ = reply.send(result);
+            }
+            Command::AddAddress(peer, addr) => {
+                self.remember_addr(peer, addr.clone());
+                self.swarm.add_peer_address(peer, addr);
+                self.due_dirty = true;
+            }
+            Command::Peers(reply) => {
+                let peers = self
+                    .swarm
+                    .connected_peers()
+                    .map(|p| ConnectedPeer {
+                        peer_id: *p,
+                        addresses: Vec::new(),
+                        has_record: false,
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Addresses(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::Shutdown(reply) => {
+                if self.shutdown.is_none() {
+                    tracing::info!("shutting down");
+                    self.shutdown = Some((reply, tokio::time::Instant::now() + SHUTDOWN_WAIT));
+                } else {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn remember_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        if self.told_addrs.len() >= MAX_TOLD_PEERS && !self.told_addrs.contains_key(&peer) {
+            return;
+        }
+        let addrs = self.told_addrs.entry(peer).or_default();
+        if !addrs.contains(&addr) {
+            if addrs.len() >= MAX_TOLD_ADDRS_PER_PEER {
+                addrs.remove(0);
+            }
+            addrs.push(addr);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address.clone());
+                    self.sign_record();
+                }
+                self.emit(NodeEvent::Listening { address });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+                self.sign_record();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } if num_established.get() == 1 => self.on_first_connection(peer_id, &endpoint),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.emit(NodeEvent::PeerDisconnected { peer: peer_id }),
+            SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Record(event)) => self.on_record_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    if is_dialable(&addr) {
+                        self.swarm.add_peer_address(peer_id, addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A first connection to `peer`: exchange records (as dialer), and let
+    /// its pending messages go now.
+    fn on_first_connection(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        if let ConnectedPoint::Dialer { address, .. } = endpoint {
+            let record = self.record.clone();
+            self.swarm
+                .behaviour_mut()
+                .record
+                .send_request(&peer, record);
+            self.swarm.add_peer_address(peer, strip_p2p(address));
+        }
+        self.emit(NodeEvent::PeerConnected { peer });
+        let now = self.now_ms();
+        self.background(move |store| {
+            store
+                .reschedule_recipient(&peer.to_base58(), now)
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|_| Internal::Rescheduled)
+        });
+    }
+
+    fn on_msg_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_msg_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_msg_response(peer, request_id, response),
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(id) = self.in_flight.remove(&request_id) {
+                    self.in_flight_ids.remove(&id);
+                    bump(&self.shared.stats.attempt_failures);
+                    tracing::debug!(%peer, %id, "attempt failed: {error}");
+                    let note = format!("attempt failed: {error}");
+                    let now = self.now_ms();
+                    self.background(move |store| {
+                        let _ = store.note_error(id.as_bytes(), &note, now);
+                        None
+                    });
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                // Unreadable requests are counted by the codec; these are
+                // timeouts and connections closed before we answered.
+                bump(&self.shared.stats.inbound_stream_failures);
+                tracing::debug!(%peer, "inbound message stream failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_record_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let record = self.record.clone();
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .record
+                        .send_response(channel, record);
+                    self.on_record_bytes(peer, request);
+                }
+                request_response::Message::Response { response, .. } => {
+                    self.on_record_bytes(peer, response);
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "record exchange failed: {error}");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                bump(&self.shared.stats.records_rejected);
+                tracing::debug!(%peer, "inbound record stream failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// Seals an outgoing row for its recipient.
+fn seal_outgoing(
+    keypair: &libp2p::identity::Keypair,
+    m: &peercomm_store::OutgoingMessage,
+    recipient: PeerId,
+    box_key: &[u8; 32],
+    rng: &mut StdRng,
+) -> Result<Vec<u8>, peercomm_wire::SealError> {
+    let priority = peercomm_wire::Priority::try_from(m.priority as i32)
+        .unwrap_or(peercomm_wire::Priority::Interactive);
+    let kind = peercomm_wire::Kind::try_from(m.kind as i32).unwrap_or(peercomm_wire::Kind::Chat);
+    let draft = peercomm_wire::Draft {
+        id: MessageId::from(m.id),
+        recipient,
+        created_ms: m.created_ms,
+        expires_ms: m.expires_ms,
+        priority,
+        kind,
+        body: &m.body,
+    };
+    peercomm_wire::seal(keypair, &draft, box_key, rng)
+}
+
+/// Checks, opens and stores one inbound envelope; the answer is a receipt
+/// (also for a duplicate, so a lost receipt is repaired) or a reject.
+fn accept_envelope(
+    store: &mut Store,
+    identity: &Identity,
+    stats: &Stats,
+    events: &broadcast::Sender<NodeEvent>,
+    from: PeerId,
+    bytes: &[u8],
+    now: u64,
+) -> pb::MsgResponse {
+    let reject = |code: pb::RejectCode, reason: String| pb::MsgResponse {
+        result: Some(pb::msg_response::Result::Reject(pb::Reject {
+            code: code as i32,
+            reason,
+        })),
+    };
+    let verified = match peercomm_wire::verify(bytes, now) {
+        Ok(v) => v,
+        Err(e) => {
+            let code = e.reject_code();
+            bump(match code {
+                pb::RejectCode::RejectTooLarge => &stats.rejected_too_large,
+                pb::RejectCode::RejectBadSignature => &stats.rejected_bad_signature,
+                pb::RejectCode::RejectExpired => &stats.rejected_expired,
+                pb::RejectCode::RejectUnsupportedVersion => &stats.rejected_unsupported_version,
+                pb::RejectCode::RejectUndecryptable => &stats.rejected_undecryptable,
+                _ => &stats.rejected_malformed,
+            });
+            tracing::debug!(%from, "envelope rejected: {e}");
+            return reject(code, e.to_string());
+        }
+    };
+    let header = verified.header.clone();
+    if header.recipient != identity.peer_id() {
+        bump(&stats.rejected_wrong_recipient);
+        return reject(
+            pb::RejectCode::RejectWrongRecipient,
+            format!(
+                "this node is {}, not {}",
+                identity.peer_id(),
+                header.recipient
+            ),
+        );
+    }
+    let body = match verified.open(identity.box_keys().secret()) {
+        Ok(body) => body,
+        Err(e) => {
+            bump(&stats.rejected_undecryptable);
+            return reject(pb::RejectCode::RejectUndecryptable, e.to_string());
+        }
+    };
+    let row = NewIncoming {
+        id: *header.id.as_bytes(),
+        sender: header.sender.to_base58(),
+        body,
+        priority: header.priority as u8,
+        kind: header.kind as u8,
+        created_ms: header.created_ms,
+        expires_ms: header.expires_ms,
+        received_ms: now,
+        envelope: bytes.to_vec(),
+    };
+    match store.insert_incoming(&row) {
+        Ok(true) => {
+            bump(&stats.received);
+            let _ = events.send(NodeEvent::MessageReceived {
+                id: header.id,
+                from: header.sender,
+            });
+        }
+        Ok(false) => bump(&stats.duplicates),
+        Err(e) => {
+            tracing::warn!("cannot store an incoming message: {e}");
+            return reject(
+                pb::RejectCode::RejectInternal,
+                "the recipient could not store it; retry later".into(),
+            );
+        }
+    }
+    let receipt = match peercomm_wire::sign_receipt_message(
+        identity.keypair(),
+        header.id,
+        &header.sender,
+        now,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot sign a receipt: {e}");
+            return reject(
+                pb::RejectCode::RejectInternal,
+                "cannot sign a receipt".into(),
+            );
+        }
+    };
+    pb::MsgResponse {
+        result: Some(pb::msg_response::Result::Receipt(receipt)),
+    }
+}
+
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn is_dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}

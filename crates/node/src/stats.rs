@@ -1,0 +1,115 @@
+//! Counters a node keeps about what it did and what it refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Live counters, shared between the event loop and handles.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Envelopes accepted and stored (first copy of each id).
+    pub(crate) received: AtomicU64,
+    /// Envelopes whose id was already stored (replays, retries): not stored
+    /// again, but receipted again.
+    pub(crate) duplicates: AtomicU64,
+    /// Frames that were not a decodable envelope.
+    pub(crate) rejected_malformed: AtomicU64,
+    /// Envelopes or frames over a size limit.
+    pub(crate) rejected_too_large: AtomicU64,
+    /// Envelopes whose signature did not verify.
+    pub(crate) rejected_bad_signature: AtomicU64,
+    /// Envelopes for another node.
+    pub(crate) rejected_wrong_recipient: AtomicU64,
+    /// Envelopes already expired (or dated in the future).
+    pub(crate) rejected_expired: AtomicU64,
+    /// Envelopes of a protocol version we do not speak.
+    pub(crate) rejected_unsupported_version: AtomicU64,
+    /// Envelopes we could not decrypt or decompress.
+    pub(crate) rejected_undecryptable: AtomicU64,
+    /// Inbound streams that failed before a whole frame was read.
+    pub(crate) inbound_stream_failures: AtomicU64,
+    /// Delivery attempts made (requests sent).
+    pub(crate) attempts: AtomicU64,
+    /// Attempts that failed (dial failure, timeout, reject).
+    pub(crate) attempt_failures: AtomicU64,
+    /// Outgoing messages confirmed by a valid receipt.
+    pub(crate) delivered: AtomicU64,
+    /// Receipts that did not verify.
+    pub(crate) bad_receipts: AtomicU64,
+    /// Peer records accepted.
+    pub(crate) records_accepted: AtomicU64,
+    /// Peer records refused (bad signature, expired, stale).
+    pub(crate) records_rejected: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`], for status output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)]
+pub struct StatsSnapshot {
+    pub received: u64,
+    pub duplicates: u64,
+    pub rejected_malformed: u64,
+    pub rejected_too_large: u64,
+    pub rejected_bad_signature: u64,
+    pub rejected_wrong_recipient: u64,
+    pub rejected_expired: u64,
+    pub rejected_unsupported_version: u64,
+    pub rejected_undecryptable: u64,
+    pub inbound_stream_failures: u64,
+    pub attempts: u64,
+    pub attempt_failures: u64,
+    pub delivered: u64,
+    pub bad_receipts: u64,
+    pub records_accepted: u64,
+    pub records_rejected: u64,
+    /// Bytes read from TCP sockets.
+    pub wire_bytes_in: u64,
+    /// Bytes written to TCP sockets.
+    pub wire_bytes_out: u64,
+}
+
+impl StatsSnapshot {
+    /// Every inbound envelope or frame that was dropped, whatever the reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected_malformed
+            + self.rejected_too_large
+            + self.rejected_bad_signature
+            + self.rejected_wrong_recipient
+            + self.rejected_expired
+            + self.rejected_unsupported_version
+            + self.rejected_undecryptable
+            + self.inbound_stream_failures
+    }
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    /// Copies the counters.
+    pub(crate) fn snapshot(&self, wire: &crate::transport::WireCounters) -> StatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: g(&self.received),
+            duplicates: g(&self.duplicates),
+            rejected_malformed: g(&self.rejected_malformed),
+            rejected_too_large: g(&self.rejected_too_large),
+            rejected_bad_signature: g(&self.rejected_bad_signature),
+            rejected_wrong_recipient: g(&self.rejected_wrong_recipient),
+            rejected_expired: g(&self.rejected_expired),
+            rejected_unsupported_version: g(&self.rejected_unsupported_version),
+            rejected_undecryptable: g(&self.rejected_undecryptable),
+            inbound_stream_failures: g(&self.inbound_stream_failures),
+            attempts: g(&self.attempts),
+            attempt_failures: g(&self.attempt_failures),
+            delivered: g(&self.delivered),
+            bad_receipts: g(&self.bad_receipts),
+            records_accepted: g(&self.records_accepted),
+            records_rejected: g(&self.records_rejected),
+            wire_bytes_in: g(&wire.bytes_in),
+            wire_bytes_out: g(&wire.bytes_out),
+        }
+    }
+}
