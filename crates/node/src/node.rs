@@ -18,7 +18,9 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
-use peercomm_store::{DeliveryState, NewIncoming, PeerRow, ReceiptRow, Store, UpsertOutcome};
+use peercomm_store::{
+    AttemptUpdate, DeliveryState, NewIncoming, PeerRow, ReceiptRow, Store, UpsertOutcome,
+};
 use peercomm_wire::{pb, MessageId, PeerRecord};
 use prost::Message as _;
 use rand::rngs::StdRng;
@@ -136,10 +138,23 @@ struct Attempt {
 /// Results of background work, back to the loop.
 #[derive(Debug)]
 enum Internal {
-    Due { attempts: Vec<Attempt>, full: bool },
-    Respond { token: u64, response: Vec<u8> },
-    RecordStored { peer: PeerId, addrs: Vec<Multiaddr> },
+    Due {
+        attempts: Vec<Attempt>,
+        full: bool,
+    },
+    Respond {
+        token: u64,
+        response: Vec<u8>,
+    },
+    RecordStored {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     Rescheduled,
+    /// The answer to an attempt was processed (and a receipt committed).
+    Answered {
+        id: MessageId,
+    },
     Settled,
 }
 
@@ -598,6 +613,7 @@ impl EventLoop {
             };
             let full = due.len() as u32 >= batch;
             let mut attempts = Vec::with_capacity(due.len());
+            let mut updates = Vec::with_capacity(due.len());
             for m in due {
                 let id = MessageId::from(m.id);
                 if skip.contains(&id) {
@@ -609,15 +625,21 @@ impl EventLoop {
                 };
                 let peer = store.get_peer(&m.recipient).ok().flatten();
                 let mut envelope = m.envelope.clone();
-                let mut error = None;
+                let mut update = AttemptUpdate {
+                    id: m.id,
+                    next_attempt_ms: now.saturating_add(
+                        u64::try_from(backoff.delay(m.attempts + 1, &mut rng).as_millis())
+                            .unwrap_or(u64::MAX),
+                    ),
+                    error: None,
+                    envelope: None,
+                };
                 if envelope.is_none() {
                     match &peer {
                         Some(peer) => {
                             match seal_outgoing(&keypair, &m, recipient, &peer.box_key, &mut rng) {
                                 Ok(sealed) => {
-                                    if let Err(e) = store.set_envelope(&m.id, &sealed) {
-                                        tracing::warn!("cannot store envelope: {e}");
-                                    }
+                                    update.envelope = Some(sealed.clone());
                                     envelope = Some(sealed);
                                 }
                                 Err(e) => {
@@ -627,17 +649,13 @@ impl EventLoop {
                                 }
                             }
                         }
-                        None => error = Some("no record of the recipient yet: connecting to it"),
+                        None => {
+                            update.error =
+                                Some("no record of the recipient yet: connecting to it".into())
+                        }
                     }
                 }
-                let next = now.saturating_add(
-                    u64::try_from(backoff.delay(m.attempts + 1, &mut rng).as_millis())
-                        .unwrap_or(u64::MAX),
-                );
-                if let Err(e) = store.record_attempt(&m.id, now, next, error) {
-                    tracing::warn!("cannot record an attempt: {e}");
-                    continue;
-                }
+                updates.push(update);
                 attempts.push(Attempt {
                     id,
                     recipient,
@@ -646,6 +664,12 @@ impl EventLoop {
                         .map(|p| p.addrs.iter().filter_map(|a| a.parse().ok()).collect())
                         .unwrap_or_default(),
                 });
+            }
+            // One commit for the round: each next attempt is scheduled before
+            // this attempt goes out, so a crash never strands a message.
+            if let Err(e) = store.record_attempts(now, &updates) {
+                tracing::warn!("cannot record attempts: {e}");
+                attempts.clear();
             }
             Some(Internal::Due { attempts, full })
         });
@@ -704,7 +728,8 @@ impl EventLoop {
         let Some(id) = self.in_flight.remove(&request_id) else {
             return;
         };
-        self.in_flight_ids.remove(&id);
+        // `id` stays in `in_flight_ids` until the receipt is committed, so
+        // no round resends it in between.
         let now = self.now_ms();
         let stats = self.shared.stats.clone();
         let events = self.shared.events.clone();
@@ -714,7 +739,7 @@ impl EventLoop {
                 Err(e) => {
                     bump(&stats.bad_receipts);
                     tracing::debug!(%peer, %id, "undecodable response: {e}");
-                    return None;
+                    return Some(Internal::Answered { id });
                 }
             };
             match response.result {
@@ -765,7 +790,7 @@ impl EventLoop {
                 }
                 None => bump(&stats.bad_receipts),
             }
-            None
+            Some(Internal::Answered { id })
         });
     }
 
@@ -820,6 +845,9 @@ impl EventLoop {
                 self.emit(NodeEvent::PeerRecord { peer });
             }
             Internal::Rescheduled => self.due_dirty = true,
+            Internal::Answered { id } => {
+                self.in_flight_ids.remove(&id);
+            }
             Internal::Settled => {}
         }
     }

@@ -25,7 +25,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 pub use error::{OpenError, StoreError};
 pub use inbox::{IncomingMessage, NewIncoming};
 pub use migrations::LATEST_VERSION;
-pub use outbox::{DeliveryState, NewOutgoing, OutgoingMessage, ParseStateError};
+pub use outbox::{AttemptUpdate, DeliveryState, NewOutgoing, OutgoingMessage, ParseStateError};
 pub use peers::{PeerRow, UpsertOutcome};
 pub use receipts::ReceiptRow;
 

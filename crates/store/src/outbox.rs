@@ -347,6 +347,41 @@ impl Store {
         )
     }
 
+    /// Records several attempts in one transaction (one fsync for a whole
+    /// scheduling round): for each, the sealed envelope if it was just made,
+    /// attempts + 1, the next attempt time and the note. Unknown ids are
+    /// skipped. Returns how many rows were updated.
+    pub fn record_attempts(
+        &mut self,
+        now_ms: u64,
+        attempts: &[AttemptUpdate],
+    ) -> Result<usize, StoreError> {
+        const OP: &str = "record_attempts";
+        let tx = self.write_tx(OP)?;
+        let mut updated = 0;
+        {
+            let mut attempt = tx
+                .prepare_cached(
+                    "UPDATE outbox SET attempts = attempts + 1, last_attempt_ms = ?2, \
+                     next_attempt_ms = ?3, last_error = ?4, updated_ms = ?2 WHERE id = ?1",
+                )
+                .map_err(sql(OP))?;
+            let mut envelope = tx
+                .prepare_cached("UPDATE outbox SET envelope = ?2 WHERE id = ?1")
+                .map_err(sql(OP))?;
+            for a in attempts {
+                if let Some(sealed) = &a.envelope {
+                    envelope.execute(params![a.id, sealed]).map_err(sql(OP))?;
+                }
+                updated += attempt
+                    .execute(params![a.id, now_ms, a.next_attempt_ms, a.error])
+                    .map_err(sql(OP))?;
+            }
+        }
+        tx.commit().map_err(sql(OP))?;
+        Ok(updated)
+    }
+
     /// Notes why the last attempt failed, without touching the schedule.
     pub fn note_error(
         &mut self,
@@ -519,6 +554,19 @@ impl Store {
         }
         tx.commit().map_err(sql(op))
     }
+}
+
+/// One attempt for [`Store::record_attempts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptUpdate {
+    /// The message.
+    pub id: [u8; 16],
+    /// When to try again if no receipt comes.
+    pub next_attempt_ms: u64,
+    /// Why this attempt cannot go out yet, if so.
+    pub error: Option<String>,
+    /// The envelope sealed for this attempt, to be kept for every retry.
+    pub envelope: Option<Vec<u8>>,
 }
 
 /// The state of an outbox row, or [`StoreError::NotFound`].

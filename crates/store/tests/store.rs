@@ -426,3 +426,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn record_attempts_updates_a_whole_round_in_one_transaction() {
+    let mut store = Store::open_in_memory().unwrap();
+    for i in 0..3u8 {
+        store
+            .insert_outgoing(&NewOutgoing {
+                id: [i; 16],
+                recipient: "peer".into(),
+                body: vec![i],
+                priority: 2,
+                kind: 1,
+                created_ms: 1_000,
+                expires_ms: 100_000,
+            })
+            .unwrap();
+    }
+    let updates = vec![
+        peercomm_store::AttemptUpdate {
+            id: [0; 16],
+            next_attempt_ms: 5_000,
+            error: None,
+            envelope: Some(vec![9, 9]),
+        },
+        peercomm_store::AttemptUpdate {
+            id: [1; 16],
+            next_attempt_ms: 6_000,
+            error: Some("no record".into()),
+            envelope: None,
+        },
+        peercomm_store::AttemptUpdate {
+            id: [7; 16],
+            next_attempt_ms: 6_000,
+            error: None,
+            envelope: None,
+        },
+    ];
+    assert_eq!(store.record_attempts(2_000, &updates).unwrap(), 2);
+    let m0 = store.get_outgoing(&[0; 16]).unwrap().unwrap();
+    assert_eq!(
+        (m0.attempts, m0.next_attempt_ms, m0.last_attempt_ms),
+        (1, 5_000, Some(2_000))
+    );
+    assert_eq!(m0.envelope, Some(vec![9, 9]));
+    let m1 = store.get_outgoing(&[1; 16]).unwrap().unwrap();
+    assert_eq!(
+        (m1.attempts, m1.last_error.as_deref()),
+        (1, Some("no record"))
+    );
+    assert_eq!(m1.envelope, None);
+    let m2 = store.get_outgoing(&[2; 16]).unwrap().unwrap();
+    assert_eq!(m2.attempts, 0);
+}
