@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 /// Options of `peercomm demo`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct DemoArgs {
     /// Nodes in the local network.
     #[arg(long, default_value_t = 20)]

@@ -1,48 +1,187 @@
 //! `peercomm`: the peer-to-peer messaging node's command-line interface.
+//!
+//! `init` and `run` manage the daemon; `id`, `status`, `peers`, `send`,
+//! `inbox` and `message` are clients of the daemon's local HTTP API (they
+//! find its address and token in the data dir); `demo` runs a local network.
 
+mod client;
+mod daemon;
 mod demo;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use peercomm_node::Multiaddr;
 
 /// peercomm: a peer-to-peer messenger node.
 ///
-/// Peers find each other and exchange end-to-end encrypted messages with
-/// no central server. Start with `peercomm demo` to watch a local network.
+/// Peers exchange end-to-end encrypted messages directly, with no central
+/// server. Quick start: `peercomm init`, then `peercomm run` in one terminal,
+/// and `peercomm send <PEER_ID> "hello"` in another. `peercomm demo` starts a
+/// local network and shows what it measures.
 #[derive(Debug, Parser)]
-#[command(name = "peercomm", version, about, long_about = None)]
+#[command(name = "peercomm", version, about, long_about)]
 struct Cli {
+    /// Where the node keeps its identity, configuration and database.
+    /// [default: the platform's data dir, e.g. ~/.local/share/peercomm]
+    #[arg(long, global = true, env = "PEERCOMM_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON (one object, or one per line when following).
+    #[arg(long, global = true)]
+    json: bool,
     /// Log filter, e.g. `info` or `peercomm_node=debug` (also RUST_LOG).
-    #[arg(long, global = true, env = "PEERCOMM_LOG")]
+    #[arg(long, global = true, env = "PEERCOMM_LOG", value_name = "FILTER")]
     log: Option<String>,
+    /// Log format for the daemon: `text` or `json`.
+    #[arg(
+        long,
+        global = true,
+        env = "PEERCOMM_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a node: a new identity and a commented config.toml in the data
+    /// dir. Prints the new PeerId. Never touches an existing identity.
+    Init,
+    /// Run the node and its local HTTP API until interrupted (Ctrl-C or
+    /// SIGTERM shut it down gracefully).
+    Run(daemon::RunArgs),
+    /// Print this node's PeerId (reads the identity; the daemon need not run).
+    Id,
+    /// Show the running node's status: addresses, peers, message counts.
+    Status,
+    /// List connected peers, or `peers add MULTIADDR` to dial one.
+    Peers {
+        #[command(subcommand)]
+        action: Option<PeersAction>,
+    },
+    /// Send a text message to a peer. Prints the message id once the message
+    /// is safely queued; delivery continues in the daemon.
+    Send(client::SendArgs),
+    /// Print received messages, oldest first; `--follow` keeps printing new ones.
+    Inbox(client::InboxArgs),
+    /// Show one message (sent or received) with its delivery state.
+    Message {
+        /// The message id (32 hex characters), as printed by `send`.
+        id: String,
+    },
+    /// Print a shell completion script: `peercomm completions bash > /etc/bash_completion.d/peercomm`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Start a local network of real nodes on loopback, exchange messages
     /// between random pairs, and print what was measured. Exits non-zero if
     /// any message was lost.
     Demo(demo::DemoArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum PeersAction {
+    /// Dial a peer by address, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...
+    Add {
+        /// The peer's multiaddr, ending in /p2p/<peer-id>.
+        addr: Multiaddr,
+    },
+}
+
+/// Exit codes beyond 0/1.
+pub(crate) mod exit {
+    /// The daemon is not running (or its API cannot be reached).
+    pub(crate) const DAEMON_DOWN: u8 = 3;
+    /// `send --wait` ended with the message expired or failed.
+    pub(crate) const NOT_DELIVERED: u8 = 4;
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
     let filter = cli
         .log
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn".into());
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|| default.into());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Demo(args) => demo::run(args).await,
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    match &cli.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => peercomm_node::config::default_data_dir().ok_or_else(|| {
+            anyhow::anyhow!("cannot find a home directory for the data dir; pass --data-dir DIR")
+        }),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "peercomm",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
         }
-    })
+        Command::Demo(args) => demo::run(args.clone()).await.map(|()| ExitCode::SUCCESS),
+        Command::Init => daemon::init(&data_dir(&cli)?, json),
+        Command::Run(args) => daemon::run(&data_dir(&cli)?, args.clone()).await,
+        Command::Id => daemon::id(&data_dir(&cli)?, json),
+        Command::Status => client::status(&data_dir(&cli)?, json).await,
+        Command::Peers { action } => match action {
+            None => client::peers(&data_dir(&cli)?, json).await,
+            Some(PeersAction::Add { addr }) => {
+                client::peers_add(&data_dir(&cli)?, addr, json).await
+            }
+        },
+        Command::Send(args) => client::send(&data_dir(&cli)?, args, json).await,
+        Command::Inbox(args) => client::inbox(&data_dir(&cli)?, args, json).await,
+        Command::Message { id } => client::message(&data_dir(&cli)?, id, json).await,
+    }
 }

@@ -32,6 +32,28 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Connection handling.
     pub network: NetworkConfig,
+    /// The daemon's local HTTP API.
+    pub api: ApiSettings,
+}
+
+/// The daemon's local HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Address the API listens on (`host:port`); keep it on loopback unless
+    /// you put an authenticating proxy in front of it.
+    pub listen: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7700".into(),
+            max_body_bytes: 256 * 1024,
+        }
+    }
 }
 
 /// How outgoing messages are delivered and retried.
@@ -92,6 +114,7 @@ impl Default for Config {
             peers: Vec::new(),
             delivery: DeliveryConfig::default(),
             network: NetworkConfig::default(),
+            api: ApiSettings::default(),
         }
     }
 }
@@ -160,6 +183,9 @@ impl Config {
         if !overrides.peers.is_empty() {
             figment = figment.merge(Serialized::default("peers", &overrides.peers));
         }
+        if let Some(api) = &overrides.api_listen {
+            figment = figment.merge(Serialized::default("api.listen", api));
+        }
         Ok(figment)
     }
 
@@ -206,6 +232,21 @@ impl Config {
                 problem: "expected a duration above zero, e.g. `250ms`".into(),
             });
         }
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Value {
+                key: "api.listen",
+                problem: format!(
+                    "`{}` is not a socket address; expected host:port, e.g. `127.0.0.1:7700`",
+                    self.api.listen
+                ),
+            });
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(ConfigError::Value {
+                key: "api.max_body_bytes",
+                problem: "expected at least 1024".into(),
+            });
+        }
         let n = &self.network;
         if n.max_concurrent_streams == 0 {
             return Err(ConfigError::Value {
@@ -230,6 +271,8 @@ pub struct ConfigOverrides {
     pub listen: Vec<Multiaddr>,
     /// `--peer`/`--bootstrap`, replaces `peers` when not empty.
     pub peers: Vec<Multiaddr>,
+    /// `--api`, replaces `api.listen`.
+    pub api_listen: Option<String>,
 }
 
 /// The commented `config.toml` written by `peercomm init`.
@@ -258,6 +301,10 @@ max_ttl = "{mt}"          # longest lifetime a sender may ask for
 [network]
 idle_connection_timeout = "{ic}"
 request_timeout = "{rt}"
+
+[api]
+listen = "{al}"           # the local HTTP API; keep it on loopback
+max_body_bytes = {mb}
 "#,
         listen = d
             .listen
@@ -273,6 +320,8 @@ request_timeout = "{rt}"
         mt = humantime::format_duration(d.delivery.max_ttl),
         ic = humantime::format_duration(d.network.idle_connection_timeout),
         rt = humantime::format_duration(d.network.request_timeout),
+        al = d.api.listen,
+        mb = d.api.max_body_bytes,
     )
 }
 
@@ -351,7 +400,7 @@ mod tests {
             dir.path(),
             &ConfigOverrides {
                 listen: vec![flag.clone()],
-                peers: vec![],
+                ..Default::default()
             },
         )
         .unwrap();

@@ -49,6 +49,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) started: Instant,
+    pub(crate) registry: Arc<prometheus_client::registry::Registry>,
 }
 
 /// A handle to a running node. Clone it freely.
@@ -263,6 +264,21 @@ impl NodeHandle {
         .await
     }
 
+    /// A page of sent messages with their delivery state, oldest first, as
+    /// `(seq, message)`: pass the last `seq` as `after` for the next page.
+    pub async fn outbox(
+        &self,
+        query: InboxQuery,
+    ) -> Result<Vec<(i64, OutgoingMessage)>, QueryError> {
+        let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+        let peer = query.peer.map(|p| p.to_base58());
+        self.with_store(move |s| {
+            s.list_outgoing(peer.as_deref(), query.after, limit)
+                .map_err(QueryError::from)
+        })
+        .await
+    }
+
     /// The outgoing message with this id, with its delivery state.
     pub async fn message_state(
         &self,
@@ -314,6 +330,20 @@ impl NodeHandle {
     /// The live counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot(&self.shared.wire)
+    }
+
+    /// Metrics in the Prometheus text format: libp2p's own (connections,
+    /// bandwidth per transport, identify, ping) and the node's counters.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.shared.registry)
+            .is_err()
+        {
+            out.clear();
+        }
+        self.stats().encode_prometheus(&mut out);
+        out.push_str("# EOF\n");
+        out
     }
 
     /// Events from now on: received messages, state changes, connections.

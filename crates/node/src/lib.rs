@@ -29,7 +29,7 @@ mod stats;
 mod transport;
 
 pub use clock::{Clock, SystemClock, TestClock};
-pub use config::{Config, ConfigError, ConfigOverrides};
+pub use config::{ApiSettings, Config, ConfigError, ConfigOverrides};
 pub use handle::{
     ConnectedPeer, DialError, InboxQuery, NodeHandle, QueryError, SendError, SendOptions, Status,
     MAX_PAGE,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::{upgrade, ConnectedPoint, Transport};
+use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -22,6 +23,7 @@ use peercomm_store::{
     AttemptUpdate, DeliveryState, NewIncoming, PeerRow, ReceiptRow, Store, UpsertOutcome,
 };
 use peercomm_wire::{pb, MessageId, PeerRecord};
+use prometheus_client::registry::Registry;
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -181,7 +183,15 @@ impl Node {
         };
         let wire = Arc::new(WireCounters::default());
         let stats = Arc::new(Stats::default());
-        let mut swarm = build_swarm(&identity, &options.config, wire.clone(), stats.clone())?;
+        let mut registry = Registry::default();
+        let mut swarm = build_swarm(
+            &identity,
+            &options.config,
+            wire.clone(),
+            stats.clone(),
+            &mut registry,
+        )?;
+        let metrics = Metrics::new(&mut registry);
 
         let mut pending_listeners = HashMap::new();
         for addr in &options.config.listen {
@@ -245,11 +255,13 @@ impl Node {
             config: options.config.clone(),
             clock: options.clock.clone(),
             started: Instant::now(),
+            registry: Arc::new(registry),
         });
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
         let mut event_loop = EventLoop {
             swarm,
+            metrics,
             identity: Arc::new(identity),
             shared: shared.clone(),
             commands: commands_rx,
@@ -304,6 +316,7 @@ fn build_swarm(
     config: &Config,
     wire: Arc<WireCounters>,
     stats: Arc<Stats>,
+    registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, StartError> {
     let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
     let net = config.network.clone();
@@ -326,6 +339,7 @@ fn build_swarm(
         .map_err(|e| transport_err(&e))?
         .with_dns()
         .map_err(|e| transport_err(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {
             let rr_config = request_response::Config::default()
                 .with_request_timeout(net.request_timeout)
@@ -356,6 +370,8 @@ fn build_swarm(
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
+    /// libp2p's own metrics, fed with swarm events.
+    metrics: Metrics,
     identity: Arc<Identity>,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
@@ -904,6 +920,12 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&event);
+        match &event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.metrics.record(e),
+            _ => {}
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 if !self.listen_addrs.contains(&address) {

@@ -82,6 +82,91 @@ impl StatsSnapshot {
     }
 }
 
+impl StatsSnapshot {
+    /// Appends the counters in the Prometheus/OpenMetrics text format.
+    pub fn encode_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rejected = [
+            ("malformed", self.rejected_malformed),
+            ("too_large", self.rejected_too_large),
+            ("bad_signature", self.rejected_bad_signature),
+            ("wrong_recipient", self.rejected_wrong_recipient),
+            ("expired", self.rejected_expired),
+            ("unsupported_version", self.rejected_unsupported_version),
+            ("undecryptable", self.rejected_undecryptable),
+            ("stream_failure", self.inbound_stream_failures),
+        ];
+        let _ = writeln!(
+            out,
+            "# HELP peercomm_inbound_rejected Inbound envelopes or frames dropped, by reason."
+        );
+        let _ = writeln!(out, "# TYPE peercomm_inbound_rejected counter");
+        for (reason, n) in rejected {
+            let _ = writeln!(
+                out,
+                "peercomm_inbound_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let counters = [
+            (
+                "peercomm_messages_received",
+                "Envelopes accepted and stored (first copy).",
+                self.received,
+            ),
+            (
+                "peercomm_messages_duplicate",
+                "Envelopes already stored (replays, retries).",
+                self.duplicates,
+            ),
+            (
+                "peercomm_delivery_attempts",
+                "Delivery attempts made.",
+                self.attempts,
+            ),
+            (
+                "peercomm_delivery_attempt_failures",
+                "Delivery attempts that failed.",
+                self.attempt_failures,
+            ),
+            (
+                "peercomm_messages_delivered",
+                "Outgoing messages confirmed by a valid receipt.",
+                self.delivered,
+            ),
+            (
+                "peercomm_receipts_bad",
+                "Receipts that did not verify.",
+                self.bad_receipts,
+            ),
+            (
+                "peercomm_records_accepted",
+                "Peer records accepted.",
+                self.records_accepted,
+            ),
+            (
+                "peercomm_records_rejected",
+                "Peer records refused.",
+                self.records_rejected,
+            ),
+            (
+                "peercomm_wire_bytes_in",
+                "Bytes read from TCP sockets.",
+                self.wire_bytes_in,
+            ),
+            (
+                "peercomm_wire_bytes_out",
+                "Bytes written to TCP sockets.",
+                self.wire_bytes_out,
+            ),
+        ];
+        for (name, help, n) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name}_total {n}");
+        }
+    }
+}
+
 /// Adds one to a counter.
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);

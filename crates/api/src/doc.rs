@@ -1,0 +1,105 @@
+//! The OpenAPI document: generated from the handlers' `#[utoipa::path]`
+//! attributes and the request and response types, served at
+//! `/v1/openapi.json`.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::events::{ListeningEvent, MessageReceivedEvent, MessageStateEvent, PeerEvent};
+use crate::messages::{
+    Direction, IncomingState, IncomingView, MessageList, MessageView, OutgoingState, OutgoingView,
+    PriorityClass, SendRequest, SendResponse,
+};
+use crate::peers::{DialRequest, PeerList, PeerView};
+use crate::status::{Health, Stats, StatusBody};
+use crate::AppState;
+
+/// Name of the bearer security scheme in the document.
+const BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "peercomm node API",
+        description = "The local HTTP API of a peercomm node. Every route except \
+            `/v1/health` needs `Authorization: Bearer <token>` (the token is in \
+            `<data-dir>/api.token`). Every error is `{\"error\": {\"code\", \"message\"}}`; \
+            unknown routes answer 404 `not_found` and known routes asked with another \
+            method 405 `method_not_allowed`."
+    ),
+    paths(
+        crate::status::health,
+        crate::status::status,
+        crate::peers::list,
+        crate::peers::dial,
+        crate::messages::send,
+        crate::messages::get,
+        crate::messages::list,
+        crate::events::stream,
+        crate::metrics::metrics,
+        document,
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, Health, StatusBody, Stats, PeerList, PeerView, DialRequest,
+        SendRequest, SendResponse, PriorityClass, Direction, OutgoingState, IncomingState,
+        OutgoingView, IncomingView, MessageView, MessageList, MessageReceivedEvent,
+        MessageStateEvent, PeerEvent, ListeningEvent,
+    )),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+    tags(
+        (name = "node", description = "Health, status and metrics"),
+        (name = "peers", description = "Connected peers and dialling"),
+        (name = "messages", description = "Sending and reading messages"),
+        (name = "events", description = "Server-sent events"),
+    )
+)]
+struct ApiDoc;
+
+/// Adds the bearer-token security scheme.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("token from <data-dir>/api.token")
+                    .description(Some("The token in `<data-dir>/api.token`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of the API, as `/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "get_openapi",
+    tag = "node",
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn document(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi_json.to_string(),
+    )
+}
