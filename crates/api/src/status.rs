@@ -75,6 +75,22 @@ pub(crate) struct Stats {
     pub(crate) records_accepted: u64,
     /// Peer records refused.
     pub(crate) records_rejected: u64,
+    /// DHT records refused: not signed by the peer they name.
+    pub(crate) dht_rejected_forged: u64,
+    /// DHT records refused: older than the one held.
+    pub(crate) dht_rejected_stale: u64,
+    /// DHT records refused: expired.
+    pub(crate) dht_rejected_expired: u64,
+    /// DHT records refused: too large.
+    pub(crate) dht_rejected_too_large: u64,
+    /// DHT records refused: malformed.
+    pub(crate) dht_rejected_malformed: u64,
+    /// DHT record stores refused for exceeding a peer's rate.
+    pub(crate) dht_rate_limited: u64,
+    /// Publications of our record that reached a peer.
+    pub(crate) dht_publish_ok: u64,
+    /// Publications of our record that reached nobody.
+    pub(crate) dht_publish_failed: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -102,6 +118,14 @@ impl From<StatsSnapshot> for Stats {
             bad_receipts,
             records_accepted,
             records_rejected,
+            dht_rejected_forged,
+            dht_rejected_stale,
+            dht_rejected_expired,
+            dht_rejected_too_large,
+            dht_rejected_malformed,
+            dht_rate_limited,
+            dht_publish_ok,
+            dht_publish_failed,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -122,6 +146,14 @@ impl From<StatsSnapshot> for Stats {
             bad_receipts,
             records_accepted,
             records_rejected,
+            dht_rejected_forged,
+            dht_rejected_stale,
+            dht_rejected_expired,
+            dht_rejected_too_large,
+            dht_rejected_malformed,
+            dht_rate_limited,
+            dht_publish_ok,
+            dht_publish_failed,
             wire_bytes_in,
             wire_bytes_out,
         }

@@ -101,7 +101,7 @@ pub(crate) async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCo
     load_identity(data_dir)?;
     let overrides = ConfigOverrides {
         listen: args.listen,
-        peers: args.bootstrap,
+        bootstrap: args.bootstrap,
         api_listen: args.api,
     };
     let config = Config::load(data_dir, &overrides)?;

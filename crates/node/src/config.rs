@@ -26,14 +26,80 @@ const ENV_NOT_CONFIG: &[&str] = &["data_dir", "log", "log_format", "api_token"];
 pub struct Config {
     /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001`, `/ip4/0.0.0.0/udp/4001/quic-v1`.
     pub listen: Vec<Multiaddr>,
-    /// Peers to dial on start, with their `/p2p/<peer-id>` suffix.
-    pub peers: Vec<Multiaddr>,
+    /// Bootstrap peers, dialled on start to join the network, each with its
+    /// `/p2p/<peer-id>` suffix. Any one that answers is enough.
+    pub bootstrap: Vec<Multiaddr>,
     /// Outgoing message delivery.
     pub delivery: DeliveryConfig,
     /// Connection handling.
     pub network: NetworkConfig,
     /// The daemon's local HTTP API.
     pub api: ApiSettings,
+    /// Peer discovery through the Kademlia DHT.
+    pub dht: DhtConfig,
+}
+
+/// Peer discovery through the Kademlia DHT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhtConfig {
+    /// Bucket size and replication factor (Kademlia's k).
+    pub k: usize,
+    /// Lookup parallelism (Kademlia's α).
+    pub alpha: usize,
+    /// Give up on a lookup after this long.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// Refresh the routing table (a bootstrap lookup) this often.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Publish our own peer record again this often (and at once when our
+    /// addresses change).
+    #[serde(with = "humantime_serde")]
+    pub republish_interval: Duration,
+    /// Re-bootstrap when the routing table holds fewer peers than this.
+    pub low_watermark: usize,
+    /// How long `find_peer` answers from its cache before asking the network.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Use disjoint lookup paths (S/Kademlia), harder to eclipse, more traffic.
+    pub disjoint_paths: bool,
+    /// At most this many peers of one IPv4 /24 or IPv6 /48 per bucket
+    /// (0 = no limit). Loopback addresses are exempt.
+    pub max_peers_per_subnet: usize,
+    /// Records a single peer may store on us per minute; more are dropped
+    /// and counted.
+    pub max_puts_per_peer_per_minute: u32,
+    /// `server` answers DHT queries (reachable nodes), `client` only asks.
+    pub mode: DhtMode,
+}
+
+/// Whether a node answers DHT queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtMode {
+    /// Answer queries and hold records (reachable nodes).
+    Server,
+    /// Only ask (phones, nodes behind NAT).
+    Client,
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        Self {
+            k: 20,
+            alpha: 3,
+            query_timeout: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(5 * 60),
+            republish_interval: Duration::from_secs(60 * 60),
+            low_watermark: 4,
+            cache_ttl: Duration::from_secs(5 * 60),
+            disjoint_paths: false,
+            max_peers_per_subnet: 2,
+            max_puts_per_peer_per_minute: 60,
+            mode: DhtMode::Server,
+        }
+    }
 }
 
 /// The daemon's local HTTP API.
@@ -111,10 +177,11 @@ impl Default for Config {
                     .parse()
                     .expect("valid default multiaddr"),
             ],
-            peers: Vec::new(),
+            bootstrap: Vec::new(),
             delivery: DeliveryConfig::default(),
             network: NetworkConfig::default(),
             api: ApiSettings::default(),
+            dht: DhtConfig::default(),
         }
     }
 }
@@ -180,8 +247,8 @@ impl Config {
         if !overrides.listen.is_empty() {
             figment = figment.merge(Serialized::default("listen", &overrides.listen));
         }
-        if !overrides.peers.is_empty() {
-            figment = figment.merge(Serialized::default("peers", &overrides.peers));
+        if !overrides.bootstrap.is_empty() {
+            figment = figment.merge(Serialized::default("bootstrap", &overrides.bootstrap));
         }
         if let Some(api) = &overrides.api_listen {
             figment = figment.merge(Serialized::default("api.listen", api));
@@ -247,6 +314,31 @@ impl Config {
                 problem: "expected at least 1024".into(),
             });
         }
+        let dht = &self.dht;
+        if !(1..=64).contains(&dht.k) {
+            return Err(ConfigError::Value {
+                key: "dht.k",
+                problem: format!("{} is out of range; expected 1 to 64", dht.k),
+            });
+        }
+        if !(1..=16).contains(&dht.alpha) {
+            return Err(ConfigError::Value {
+                key: "dht.alpha",
+                problem: format!("{} is out of range; expected 1 to 16", dht.alpha),
+            });
+        }
+        for (key, d) in [
+            ("dht.query_timeout", dht.query_timeout),
+            ("dht.refresh_interval", dht.refresh_interval),
+            ("dht.republish_interval", dht.republish_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: "expected a duration above zero".into(),
+                });
+            }
+        }
         let n = &self.network;
         if n.max_concurrent_streams == 0 {
             return Err(ConfigError::Value {
@@ -269,8 +361,8 @@ impl Config {
 pub struct ConfigOverrides {
     /// `--listen`, replaces `listen` when not empty.
     pub listen: Vec<Multiaddr>,
-    /// `--peer`/`--bootstrap`, replaces `peers` when not empty.
-    pub peers: Vec<Multiaddr>,
+    /// `--bootstrap`, replaces `bootstrap` when not empty.
+    pub bootstrap: Vec<Multiaddr>,
     /// `--api`, replaces `api.listen`.
     pub api_listen: Option<String>,
 }
@@ -287,8 +379,10 @@ pub fn commented_default_toml() -> String {
 # Addresses to listen on (TCP and QUIC).
 listen = [{listen}]
 
-# Peers to dial at start, each ending in /p2p/<peer-id>.
-peers = []
+# Bootstrap peers dialled at start to join the network, each ending in
+# /p2p/<peer-id>. Any one that answers is enough; after the first run the node
+# also re-joins through the peers it remembers.
+bootstrap = []
 
 [delivery]
 retry_base = "{rb}"        # delay before the first retry
@@ -305,6 +399,14 @@ request_timeout = "{rt}"
 [api]
 listen = "{al}"           # the local HTTP API; keep it on loopback
 max_body_bytes = {mb}
+
+[dht]
+k = {k}                        # bucket size / replication factor
+alpha = {alpha}                     # lookup parallelism
+refresh_interval = "{ri}"      # routing table refresh
+republish_interval = "{rp}"    # re-publish our peer record
+max_peers_per_subnet = {mps}      # per bucket, per IPv4 /24 or IPv6 /48 (0 = no limit)
+mode = "server"               # "client" on nodes others cannot reach
 "#,
         listen = d
             .listen
@@ -322,6 +424,11 @@ max_body_bytes = {mb}
         rt = humantime::format_duration(d.network.request_timeout),
         al = d.api.listen,
         mb = d.api.max_body_bytes,
+        k = d.dht.k,
+        alpha = d.dht.alpha,
+        ri = humantime::format_duration(d.dht.refresh_interval),
+        rp = humantime::format_duration(d.dht.republish_interval),
+        mps = d.dht.max_peers_per_subnet,
     )
 }
 

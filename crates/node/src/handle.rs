@@ -14,9 +14,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::dht::DhtStats;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::WireCounters;
 use crate::NodeEvent;
+use peercomm_wire::PeerRecord;
 
 /// Largest page of messages one `inbox` call returns.
 pub const MAX_PAGE: u32 = 500;
@@ -36,6 +38,27 @@ pub(crate) enum Command {
     Addresses(oneshot::Sender<Vec<Multiaddr>>),
     /// Stop gracefully; the reply comes when everything in flight is settled.
     Shutdown(oneshot::Sender<()>),
+    /// Find a peer's record in the DHT.
+    FindPeer(PeerId, oneshot::Sender<Result<PeerRecord, FindError>>),
+    /// DHT figures.
+    DhtStats(oneshot::Sender<DhtStats>),
+}
+
+/// Why `find_peer` found nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FindError {
+    /// No valid record for the peer in the DHT.
+    #[error("no valid record for {0} in the DHT (the peer may never have joined, or its record expired)")]
+    NotFound(PeerId),
+    /// The node knows no other peer to ask.
+    #[error("the node has not joined the DHT: no known peers to ask (configure `bootstrap`)")]
+    NotJoined,
+    /// Looking for ourselves.
+    #[error("{0} is this node itself")]
+    Itself(PeerId),
+    /// The node is shutting down or gone.
+    #[error("the node is not running")]
+    NodeStopped,
 }
 
 /// State shared by the event loop and every handle.
@@ -361,6 +384,28 @@ impl NodeHandle {
         rx.await
             .map_err(|_| DialError::NodeStopped)?
             .map_err(DialError::Refused)
+    }
+
+    /// Finds a peer's signed record through the DHT (verified; answered from
+    /// a cache for `dht.cache_ttl`). Also teaches the node the peer's
+    /// addresses and box key, so messages to it can go out.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<PeerRecord, FindError> {
+        if peer == self.shared.peer_id {
+            return Err(FindError::Itself(peer));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::FindPeer(peer, tx))
+            .await
+            .map_err(|_| FindError::NodeStopped)?;
+        rx.await.map_err(|_| FindError::NodeStopped)?
+    }
+
+    /// DHT figures: routing table, records held, lookups.
+    pub async fn dht_stats(&self) -> Result<DhtStats, QueryError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::DhtStats(tx)).await?;
+        rx.await.map_err(|_| QueryError::NodeStopped)
     }
 
     /// Tells the node where a peer can be reached, without dialling it now.

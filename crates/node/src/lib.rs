@@ -21,6 +21,7 @@
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod dht;
 mod handle;
 pub mod identity;
 pub mod msg;
@@ -29,16 +30,16 @@ mod stats;
 mod transport;
 
 pub use clock::{Clock, SystemClock, TestClock};
-pub use config::{ApiSettings, Config, ConfigError, ConfigOverrides};
+pub use config::{ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode};
 pub use handle::{
-    ConnectedPeer, DialError, InboxQuery, NodeHandle, QueryError, SendError, SendOptions, Status,
-    MAX_PAGE,
+    ConnectedPeer, DialError, FindError, InboxQuery, NodeHandle, QueryError, SendError,
+    SendOptions, Status, MAX_PAGE,
 };
 pub use identity::{Identity, IdentityError};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Node, NodeOptions, StartError, DATABASE_FILE};
 pub use peercomm_store::{DeliveryState, IncomingMessage, OutgoingMessage};
-pub use peercomm_wire::{MessageId, Priority};
+pub use peercomm_wire::{MessageId, PeerRecord, Priority};
 pub use stats::StatsSnapshot;
 pub use transport::WireCounters;
 

@@ -7,12 +7,14 @@
 //! polled; results come back on an internal channel.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::{upgrade, ConnectedPoint, Transport};
+use libp2p::kad::{self, store::RecordStore as _, QueryId};
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
@@ -31,7 +33,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::config::DhtMode;
 use crate::delivery::Backoff;
+use crate::dht::lookups::LookupLog;
+use crate::dht::record_store::PersistentStore;
+use crate::dht::{diversity, peer_key, validate::validate, DhtStats, Rejection, KAD_PROTOCOL};
+use crate::handle::FindError;
 use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
 use crate::identity::{Identity, IdentityError};
 use crate::msg::{FrameCodec, MSG_PROTOCOL, RECORD_PROTOCOL};
@@ -125,6 +132,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     msg: request_response::Behaviour<FrameCodec>,
     record: request_response::Behaviour<FrameCodec>,
+    kad: kad::Behaviour<PersistentStore>,
 }
 
 /// One delivery attempt prepared on a blocking thread.
@@ -184,12 +192,16 @@ impl Node {
         let wire = Arc::new(WireCounters::default());
         let stats = Arc::new(Stats::default());
         let mut registry = Registry::default();
+        let store = Arc::new(Mutex::new(store));
+        let kad_store =
+            PersistentStore::open(identity.peer_id(), store.clone(), options.clock.clone());
         let mut swarm = build_swarm(
             &identity,
             &options.config,
             wire.clone(),
             stats.clone(),
             &mut registry,
+            kad_store,
         )?;
         let metrics = Metrics::new(&mut registry);
 
@@ -248,7 +260,7 @@ impl Node {
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             peer_id: identity.peer_id(),
-            store: Arc::new(Mutex::new(store)),
+            store,
             stats,
             wire,
             events,
@@ -279,6 +291,7 @@ impl Node {
             next_token: 0,
             background: 0,
             told_addrs: HashMap::new(),
+            dht: DhtState::default(),
             due_dirty: true,
             due_running: false,
             shutdown: None,
@@ -317,7 +330,27 @@ fn build_swarm(
     wire: Arc<WireCounters>,
     stats: Arc<Stats>,
     registry: &mut Registry,
+    kad_store: PersistentStore,
 ) -> Result<Swarm<Behaviour>, StartError> {
+    let dht = config.dht.clone();
+    let record_ttl = config.network.record_ttl;
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    let k = NonZeroUsize::new(dht.k).unwrap_or(NonZeroUsize::MIN);
+    kad_config
+        .set_replication_factor(k)
+        .set_kbucket_size(k)
+        .set_parallelism(NonZeroUsize::new(dht.alpha).unwrap_or(NonZeroUsize::MIN))
+        .set_query_timeout(dht.query_timeout)
+        .disjoint_query_paths(dht.disjoint_paths)
+        // Nothing is stored before `validate` has checked it.
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
+        // Peers join buckets only through `EventLoop::dht_add` (diversity).
+        .set_kbucket_inserts(kad::BucketInserts::Manual)
+        .set_periodic_bootstrap_interval(Some(dht.refresh_interval))
+        .set_record_ttl(Some(record_ttl))
+        .set_replication_interval(Some(dht.republish_interval))
+        // We re-publish our own record ourselves (signed anew, new sequence).
+        .set_publication_interval(None);
     let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
     let net = config.network.clone();
     let codec = FrameCodec::counting(stats);
@@ -360,6 +393,18 @@ fn build_swarm(
                     [(RECORD_PROTOCOL, ProtocolSupport::Full)],
                     rr_config,
                 ),
+                kad: {
+                    let mut kad = kad::Behaviour::with_config(
+                        key.public().to_peer_id(),
+                        kad_store,
+                        kad_config,
+                    );
+                    kad.set_mode(Some(match dht.mode {
+                        DhtMode::Server => kad::Mode::Server,
+                        DhtMode::Client => kad::Mode::Client,
+                    }));
+                    kad
+                },
             }
         })
         .map_err(|e| transport_err(&e))?
@@ -398,7 +443,50 @@ struct EventLoop {
     due_dirty: bool,
     due_running: bool,
     shutdown: Option<(oneshot::Sender<()>, tokio::time::Instant)>,
+    dht: DhtState,
 }
+
+/// The event loop's view of the DHT.
+#[derive(Default)]
+struct DhtState {
+    joined: bool,
+    last_bootstrap: Option<Instant>,
+    last_publish: Option<Instant>,
+    last_saved: Option<Instant>,
+    /// Lookups in flight, by query.
+    lookups: HashMap<QueryId, PendingLookup>,
+    /// The query looking for a peer, so one lookup serves every asker.
+    lookup_of: HashMap<PeerId, QueryId>,
+    /// Verified records found recently.
+    found: HashMap<PeerId, (PeerRecord, Instant)>,
+    /// When we last looked a peer up because it could not be reached.
+    looked_up: HashMap<PeerId, Instant>,
+    /// Record stores per peer in the current minute.
+    puts: HashMap<PeerId, (Instant, u32)>,
+    log: LookupLog,
+}
+
+struct PendingLookup {
+    peer: PeerId,
+    started: Instant,
+    waiters: Vec<oneshot::Sender<Result<PeerRecord, FindError>>>,
+    answered: bool,
+}
+
+/// Verified records kept in `DhtState::found`.
+const MAX_FOUND: usize = 10_000;
+/// Peers whose last reachability lookup is remembered.
+const MAX_LOOKED_UP: usize = 10_000;
+/// Per-peer put counters kept.
+const MAX_PUT_COUNTERS: usize = 10_000;
+/// The least time between two reachability lookups for one peer.
+const RELOOKUP_AFTER: Duration = Duration::from_secs(5);
+/// The least time between two bootstraps when the table runs low.
+const REBOOTSTRAP_AFTER: Duration = Duration::from_secs(10);
+/// How often the routing table's peers are saved.
+const SAVE_PEERS_EVERY: Duration = Duration::from_secs(30);
+/// Routing-table peers saved and re-added at start, at most.
+const MAX_SAVED_PEERS: u32 = 500;
 
 impl EventLoop {
     async fn run(mut self) {
@@ -430,6 +518,14 @@ impl EventLoop {
     }
 
     async fn finish(mut self) {
+        let peers = self.routing_peers();
+        let now = self.now_ms();
+        let store = self.shared.store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            guard.save_dht_peers(&peers, now)
+        })
+        .await;
         let store = self.shared.store.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let guard = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -496,6 +592,9 @@ impl EventLoop {
             Ok(bytes) => {
                 self.record = bytes;
                 self.record_signed_ms = now;
+                if self.dht.joined {
+                    self.publish();
+                }
             }
             Err(e) => tracing::error!("cannot sign our peer record: {e}"),
         }
@@ -548,9 +647,13 @@ impl EventLoop {
     // ---- start-up ----------------------------------------------------------
 
     async fn dial_at_start(&mut self) {
-        for addr in self.shared.config.peers.clone() {
+        for addr in self.shared.config.bootstrap.clone() {
             if let Some(Protocol::P2p(peer)) = addr.iter().last() {
                 self.remember_addr(peer, strip_p2p(&addr));
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, strip_p2p(&addr));
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, "cannot dial configured peer: {e}");
@@ -562,6 +665,23 @@ impl EventLoop {
             guard.peers(DIAL_KNOWN_AT_START as u32)
         })
         .await;
+        let store = self.shared.store.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            guard.dht_peers(MAX_SAVED_PEERS)
+        })
+        .await;
+        if let Ok(Ok(saved)) = saved {
+            for (peer, addrs) in saved {
+                let Ok(peer) = peer.parse::<PeerId>() else {
+                    continue;
+                };
+                for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+            }
+        }
+        self.bootstrap();
         let Ok(Ok(known)) = known else { return };
         for row in known {
             let Ok(peer) = row.peer_id.parse::<PeerId>() else {
@@ -584,6 +704,7 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         self.due_dirty = true;
+        self.dht_tick();
         let ttl_ms =
             u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
         if self.now_ms().saturating_sub(self.record_signed_ms) > ttl_ms / 2 {
@@ -720,7 +841,12 @@ impl EventLoop {
                     self.in_flight_ids.insert(attempt.id);
                 }
                 None => {
-                    // We need the peer's record first; connecting exchanges it.
+                    // We need the peer's record first; connecting exchanges it,
+                    // and the DHT has it for peers we know no address of.
+                    if !self.swarm.is_connected(&attempt.recipient) && addrs.is_empty() {
+                        self.lookup_unreachable(attempt.recipient);
+                        continue;
+                    }
                     if self.swarm.is_connected(&attempt.recipient) {
                         let record = self.record.clone();
                         self.swarm
@@ -895,6 +1021,10 @@ impl EventLoop {
             Command::Addresses(reply) => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
+            Command::FindPeer(peer, reply) => self.find_peer(peer, reply),
+            Command::DhtStats(reply) => {
+                let _ = reply.send(self.dht_stats());
+            }
             Command::Shutdown(reply) => {
                 if self.shutdown.is_none() {
                     tracing::info!("shutting down");
@@ -903,6 +1033,341 @@ impl EventLoop {
                     let _ = reply.send(());
                 }
             }
+        }
+    }
+
+    // ---- the DHT ------------------------------------------------------------
+
+    fn bootstrap(&mut self) {
+        self.dht.last_bootstrap = Some(Instant::now());
+        if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+            tracing::debug!("no known DHT peers to bootstrap from yet");
+        }
+    }
+
+    /// Our record under `/peercomm/peer/<us>`, to the k closest peers.
+    fn publish(&mut self) {
+        self.dht.last_publish = Some(Instant::now());
+        let mut record = kad::Record::new(peer_key(&self.shared.peer_id), self.record.clone());
+        record.publisher = Some(self.shared.peer_id);
+        record.expires = Some(Instant::now() + self.shared.config.network.record_ttl);
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, kad::Quorum::One)
+        {
+            tracing::warn!("cannot publish our record: {e}");
+        }
+    }
+
+    fn dht_tick(&mut self) {
+        let config = self.shared.config.dht.clone();
+        let table: usize = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        let since_bootstrap = self.dht.last_bootstrap.map(|t| t.elapsed());
+        if table < config.low_watermark
+            && since_bootstrap.is_none_or(|d| d >= REBOOTSTRAP_AFTER)
+            && self.shutdown.is_none()
+        {
+            for addr in self.shared.config.bootstrap.clone() {
+                let _ = self.swarm.dial(addr);
+            }
+            self.bootstrap();
+        }
+        if self.dht.joined
+            && self
+                .dht
+                .last_publish
+                .is_none_or(|t| t.elapsed() >= config.republish_interval)
+        {
+            self.publish();
+        }
+        if self
+            .dht
+            .last_saved
+            .is_none_or(|t| t.elapsed() >= SAVE_PEERS_EVERY)
+        {
+            self.dht.last_saved = Some(Instant::now());
+            let peers = self.routing_peers();
+            let now = self.now_ms();
+            self.background(move |store| {
+                if let Err(e) = store.save_dht_peers(&peers, now) {
+                    tracing::warn!("cannot save routing-table peers: {e}");
+                }
+                None
+            });
+        }
+    }
+
+    fn routing_peers(&mut self) -> Vec<(String, Vec<String>)> {
+        let mut peers = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                let addrs = entry.node.value.iter().map(|a| a.to_string()).collect();
+                peers.push((entry.node.key.preimage().to_base58(), addrs));
+                if peers.len() >= MAX_SAVED_PEERS as usize {
+                    return peers;
+                }
+            }
+        }
+        peers
+    }
+
+    /// Adds a peer to the routing table if its bucket has room for its subnet.
+    fn dht_add(&mut self, peer: PeerId, addr: Multiaddr) {
+        let limit = self.shared.config.dht.max_peers_per_subnet;
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if limit > 0 && diversity::subnet(&addr).is_some() {
+            if let Some(bucket) = kad.kbucket(peer) {
+                let members: Vec<Vec<Multiaddr>> = bucket
+                    .iter()
+                    .filter(|e| *e.node.key.preimage() != peer)
+                    .map(|e| e.node.value.iter().cloned().collect())
+                    .collect();
+                if !diversity::admits(&addr, members.iter().map(|m| m.as_slice()), limit) {
+                    tracing::debug!(%peer, %addr, "bucket full for this subnet");
+                    return;
+                }
+            }
+        }
+        kad.add_address(&peer, addr);
+    }
+
+    fn find_peer(&mut self, peer: PeerId, reply: oneshot::Sender<Result<PeerRecord, FindError>>) {
+        if let Some((record, at)) = self.dht.found.get(&peer) {
+            if at.elapsed() < self.shared.config.dht.cache_ttl && record.expires_ms > self.now_ms()
+            {
+                let _ = reply.send(Ok(record.clone()));
+                return;
+            }
+        }
+        match self.start_lookup(peer) {
+            Some(query) => {
+                if let Some(lookup) = self.dht.lookups.get_mut(&query) {
+                    lookup.waiters.push(reply);
+                }
+            }
+            None => {
+                let _ = reply.send(Err(FindError::NotJoined));
+            }
+        }
+    }
+
+    /// A peer a message cannot reach: look its record up, at most every few seconds.
+    fn lookup_unreachable(&mut self, peer: PeerId) {
+        if self
+            .dht
+            .looked_up
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < RELOOKUP_AFTER)
+        {
+            return;
+        }
+        if self.dht.looked_up.len() >= MAX_LOOKED_UP {
+            self.dht
+                .looked_up
+                .retain(|_, t| t.elapsed() < RELOOKUP_AFTER);
+        }
+        self.dht.looked_up.insert(peer, Instant::now());
+        let _ = self.start_lookup(peer);
+    }
+
+    /// Starts (or joins) a lookup of `peer`'s record; `None` if the routing
+    /// table is empty.
+    fn start_lookup(&mut self, peer: PeerId) -> Option<QueryId> {
+        if let Some(query) = self.dht.lookup_of.get(&peer) {
+            return Some(*query);
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.kbuckets().all(|b| b.num_entries() == 0) {
+            return None;
+        }
+        // A record we hold ourselves is not an answer: ask the network.
+        let query = kad.get_record(peer_key(&peer));
+        self.dht.lookups.insert(
+            query,
+            PendingLookup {
+                peer,
+                started: Instant::now(),
+                waiters: Vec::new(),
+                answered: false,
+            },
+        );
+        self.dht.lookup_of.insert(peer, query);
+        Some(query)
+    }
+
+    fn count_rejection(&self, rejection: Rejection) {
+        let stats = &self.shared.stats;
+        bump(match rejection {
+            Rejection::Forged => &stats.dht_rejected_forged,
+            Rejection::Stale => &stats.dht_rejected_stale,
+            Rejection::Expired => &stats.dht_rejected_expired,
+            Rejection::TooLarge => &stats.dht_rejected_too_large,
+            Rejection::Malformed => &stats.dht_rejected_malformed,
+        });
+    }
+
+    /// The sequence of the record we hold under `key`, if any.
+    fn held_seq(&mut self, key: &kad::RecordKey) -> Option<u64> {
+        let held = self.swarm.behaviour_mut().kad.store_mut().get(key)?;
+        peercomm_wire::verify_record(&held.value, 0)
+            .ok()
+            .map(|r| r.seq)
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.on_inbound_put(source, record),
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => self.dht_add(peer, address),
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                stats,
+                step,
+                ..
+            } => match result {
+                kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining, .. }))
+                    if num_remaining == 0 && !self.dht.joined =>
+                {
+                    self.dht.joined = true;
+                    tracing::info!("joined the DHT");
+                    self.publish();
+                }
+                kad::QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap: {e}"),
+                kad::QueryResult::PutRecord(result) if step.last => {
+                    bump(if result.is_ok() {
+                        &self.shared.stats.dht_publish_ok
+                    } else {
+                        &self.shared.stats.dht_publish_failed
+                    });
+                }
+                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                    self.on_found_record(id, found.record, &stats);
+                }
+                kad::QueryResult::GetRecord(_) if step.last => self.finish_lookup(id, &stats),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_inbound_put(&mut self, source: PeerId, record: kad::Record) {
+        let now = Instant::now();
+        if self.dht.puts.len() >= MAX_PUT_COUNTERS {
+            self.dht
+                .puts
+                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let entry = self.dht.puts.entry(source).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > self.shared.config.dht.max_puts_per_peer_per_minute {
+            bump(&self.shared.stats.dht_rate_limited);
+            return;
+        }
+        let held = self.held_seq(&record.key);
+        match validate(&record, self.now_ms(), held) {
+            Ok(_) => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                    tracing::debug!(%source, "record not stored: {e}");
+                }
+            }
+            Err(rejection) => {
+                tracing::debug!(%source, "DHT record refused: {rejection}");
+                self.count_rejection(rejection);
+            }
+        }
+    }
+
+    fn on_found_record(&mut self, query: QueryId, record: kad::Record, stats: &kad::QueryStats) {
+        let now = self.now_ms();
+        let checked = validate(&record, now, None);
+        let Some(lookup) = self.dht.lookups.get_mut(&query) else {
+            return;
+        };
+        let peer = lookup.peer;
+        let found = match checked {
+            Ok(found) if found.peer_id == peer => found,
+            Ok(_) => {
+                self.count_rejection(Rejection::Forged);
+                return;
+            }
+            Err(rejection) => {
+                self.count_rejection(rejection);
+                return;
+            }
+        };
+        // The first valid record answers; stop the query there.
+        lookup.answered = true;
+        for waiter in lookup.waiters.drain(..) {
+            let _ = waiter.send(Ok(found.clone()));
+        }
+        if self.dht.found.len() >= MAX_FOUND {
+            self.dht.found.clear();
+        }
+        self.dht.found.insert(peer, (found.clone(), Instant::now()));
+        for addr in &found.addrs {
+            self.swarm.add_peer_address(peer, addr.clone());
+        }
+        self.on_record_bytes(peer, record.value);
+        self.finish_lookup(query, stats);
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+            q.finish();
+        }
+    }
+
+    fn finish_lookup(&mut self, query: QueryId, stats: &kad::QueryStats) {
+        let Some(lookup) = self.dht.lookups.remove(&query) else {
+            return;
+        };
+        self.dht.lookup_of.remove(&lookup.peer);
+        let ms = u64::try_from(lookup.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.dht
+            .log
+            .record(lookup.answered, stats.num_requests(), ms);
+        for waiter in lookup.waiters {
+            let _ = waiter.send(Err(FindError::NotFound(lookup.peer)));
+        }
+    }
+
+    fn dht_stats(&mut self) -> DhtStats {
+        let joined = self.dht.joined;
+        let lookups = self.dht.log.figures();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let mut buckets = Vec::new();
+        let mut routing_table_peers = 0;
+        for bucket in kad.kbuckets() {
+            let n = bucket.num_entries();
+            if n > 0 {
+                let index = bucket.range().0.ilog2().unwrap_or(0);
+                buckets.push((index, n));
+                routing_table_peers += n;
+            }
+        }
+        let records_held = kad.store_mut().records().count();
+        DhtStats {
+            routing_table_peers,
+            buckets,
+            records_held,
+            joined,
+            lookups,
         }
     }
 
@@ -924,6 +1389,7 @@ impl EventLoop {
         match &event {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.metrics.record(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.metrics.record(e),
             _ => {}
         }
         match event {
@@ -956,12 +1422,17 @@ impl EventLoop {
                 info,
                 ..
             })) => {
+                let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
                 for addr in info.listen_addrs {
                     if is_dialable(&addr) {
-                        self.swarm.add_peer_address(peer_id, addr);
+                        self.swarm.add_peer_address(peer_id, addr.clone());
+                        if speaks_kad {
+                            self.dht_add(peer_id, addr);
+                        }
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             _ => {}
         }
     }
@@ -1005,6 +1476,10 @@ impl EventLoop {
                 error,
                 ..
             } => {
+                if matches!(error, request_response::OutboundFailure::DialFailure) {
+                    // Its addresses may have changed: ask the DHT.
+                    self.lookup_unreachable(peer);
+                }
                 if let Some(id) = self.in_flight.remove(&request_id) {
                     self.in_flight_ids.remove(&id);
                     bump(&self.shared.stats.attempt_failures);

@@ -40,6 +40,22 @@ pub(crate) struct Stats {
     pub(crate) records_accepted: AtomicU64,
     /// Peer records refused (bad signature, expired, stale).
     pub(crate) records_rejected: AtomicU64,
+    /// DHT records refused: not signed by the peer they name.
+    pub(crate) dht_rejected_forged: AtomicU64,
+    /// DHT records refused: older than the one held.
+    pub(crate) dht_rejected_stale: AtomicU64,
+    /// DHT records refused: expired.
+    pub(crate) dht_rejected_expired: AtomicU64,
+    /// DHT records refused: too large.
+    pub(crate) dht_rejected_too_large: AtomicU64,
+    /// DHT records refused: malformed.
+    pub(crate) dht_rejected_malformed: AtomicU64,
+    /// DHT record stores refused because a peer exceeded its rate.
+    pub(crate) dht_rate_limited: AtomicU64,
+    /// Publications of our own record that reached at least one peer.
+    pub(crate) dht_publish_ok: AtomicU64,
+    /// Publications of our own record that reached nobody.
+    pub(crate) dht_publish_failed: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -62,6 +78,14 @@ pub struct StatsSnapshot {
     pub bad_receipts: u64,
     pub records_accepted: u64,
     pub records_rejected: u64,
+    pub dht_rejected_forged: u64,
+    pub dht_rejected_stale: u64,
+    pub dht_rejected_expired: u64,
+    pub dht_rejected_too_large: u64,
+    pub dht_rejected_malformed: u64,
+    pub dht_rate_limited: u64,
+    pub dht_publish_ok: u64,
+    pub dht_publish_failed: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -159,6 +183,21 @@ impl StatsSnapshot {
                 self.wire_bytes_out,
             ),
         ];
+        let _ = writeln!(out, "# HELP peercomm_dht_records_rejected DHT records refused before storing or believing them, by reason.");
+        let _ = writeln!(out, "# TYPE peercomm_dht_records_rejected counter");
+        for (reason, n) in [
+            ("forged", self.dht_rejected_forged),
+            ("stale", self.dht_rejected_stale),
+            ("expired", self.dht_rejected_expired),
+            ("too_large", self.dht_rejected_too_large),
+            ("malformed", self.dht_rejected_malformed),
+            ("rate_limited", self.dht_rate_limited),
+        ] {
+            let _ = writeln!(
+                out,
+                "peercomm_dht_records_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         for (name, help, n) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
@@ -193,6 +232,14 @@ impl Stats {
             bad_receipts: g(&self.bad_receipts),
             records_accepted: g(&self.records_accepted),
             records_rejected: g(&self.records_rejected),
+            dht_rejected_forged: g(&self.dht_rejected_forged),
+            dht_rejected_stale: g(&self.dht_rejected_stale),
+            dht_rejected_expired: g(&self.dht_rejected_expired),
+            dht_rejected_too_large: g(&self.dht_rejected_too_large),
+            dht_rejected_malformed: g(&self.dht_rejected_malformed),
+            dht_rate_limited: g(&self.dht_rate_limited),
+            dht_publish_ok: g(&self.dht_publish_ok),
+            dht_publish_failed: g(&self.dht_publish_failed),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

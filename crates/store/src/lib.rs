@@ -9,6 +9,7 @@
 //! Times are `u64` milliseconds since the Unix epoch, passed in by the caller (the store has no
 //! clock of its own). Reads that return many rows are paged and capped at [`MAX_PAGE`].
 
+mod dht;
 mod error;
 mod inbox;
 mod migrations;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
+pub use dht::DhtRecordRow;
 pub use error::{OpenError, StoreError};
 pub use inbox::{IncomingMessage, NewIncoming};
 pub use migrations::LATEST_VERSION;

@@ -106,10 +106,29 @@ CREATE TABLE peer_addrs (
 ) WITHOUT ROWID;
 ",
     },
+    Migration {
+        version: 4,
+        name: "20261125190000_dht_records",
+        sql: "
+CREATE TABLE dht_records (
+    key        BLOB    PRIMARY KEY,
+    value      BLOB    NOT NULL,
+    publisher  BLOB,
+    expires_ms INTEGER,
+    stored_ms  INTEGER NOT NULL
+);
+CREATE INDEX dht_records_expiry ON dht_records (expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE TABLE dht_peers (
+    peer_id    TEXT    PRIMARY KEY,
+    addrs      TEXT    NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+",
+    },
 ];
 
 /// The highest schema version this build knows.
-pub const LATEST_VERSION: u32 = 3;
+pub const LATEST_VERSION: u32 = 4;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
