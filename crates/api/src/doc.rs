@@ -41,6 +41,8 @@ const BEARER: &str = "bearer";
         crate::messages::list,
         crate::events::stream,
         crate::metrics::metrics,
+        crate::dht::find,
+        crate::dht::stats,
         document,
     ),
     components(schemas(
@@ -48,6 +50,7 @@ const BEARER: &str = "bearer";
         SendRequest, SendResponse, PriorityClass, Direction, OutgoingState, IncomingState,
         OutgoingView, IncomingView, MessageView, MessageList, MessageReceivedEvent,
         MessageStateEvent, PeerEvent, ListeningEvent,
+        crate::dht::PeerRecordView, crate::dht::DhtStatsView,
     )),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
@@ -56,6 +59,7 @@ const BEARER: &str = "bearer";
         (name = "peers", description = "Connected peers and dialling"),
         (name = "messages", description = "Sending and reading messages"),
         (name = "events", description = "Server-sent events"),
+        (name = "dht", description = "Peer discovery through the DHT"),
     )
 )]
 struct ApiDoc;

@@ -17,6 +17,7 @@
 //! ```
 
 mod auth;
+mod dht;
 mod doc;
 mod error;
 mod events;
@@ -107,6 +108,8 @@ pub fn router(node: NodeHandle, config: ApiConfig) -> Router {
         .route("/v1/messages", get(messages::list).post(messages::send))
         .route("/v1/messages/{id}", get(messages::get))
         .route("/v1/events", get(events::stream))
+        .route("/v1/dht/peers/{id}", get(dht::find))
+        .route("/v1/dht/stats", get(dht::stats))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(doc::document))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -22,6 +22,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/events"),
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/dht/stats"),
+    (
+        "GET",
+        "/v1/dht/peers/12D3KooWLtmqXKzwzG8RYQS7Nk8y4UvYdxDtczwhHsE2PNYU4Pad",
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -240,6 +240,54 @@ pub(crate) async fn peers_add(
     Ok(ExitCode::SUCCESS)
 }
 
+pub(crate) async fn dht_find(data_dir: &Path, peer: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let api = api_try!(data_dir, Api::locate(data_dir));
+    let r = api_try!(data_dir, api.get(&format!("/v1/dht/peers/{peer}")).await);
+    if json {
+        print_json(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("peer id   {}", r["peer_id"].as_str().unwrap_or("?"));
+    for addr in r["addrs"].as_array().into_iter().flatten() {
+        println!("address   {}", addr.as_str().unwrap_or("?"));
+    }
+    println!("box key   {}", r["box_key"].as_str().unwrap_or("?"));
+    println!("sequence  {}", r["seq"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn dht_stats(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let api = api_try!(data_dir, Api::locate(data_dir));
+    let s = api_try!(data_dir, api.get("/v1/dht/stats").await);
+    if json {
+        print_json(&s);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("joined               {}", s["joined"]);
+    println!("routing table peers  {}", s["routing_table_peers"]);
+    let buckets: Vec<String> = s["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| format!("{}:{}", b[0], b[1]))
+        .collect();
+    println!("buckets (index:peers) {}", buckets.join(" "));
+    println!("records held         {}", s["records_held"]);
+    println!(
+        "lookups              {} ({} found)",
+        s["lookups"], s["lookups_succeeded"]
+    );
+    println!(
+        "requests per lookup  p50 {} p95 {}",
+        s["requests_p50"], s["requests_p95"]
+    );
+    println!(
+        "lookup latency ms    p50 {} p99 {}",
+        s["latency_ms_p50"], s["latency_ms_p99"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn is_terminal(state: &str) -> bool {
     matches!(state, "delivered" | "expired" | "failed")
 }

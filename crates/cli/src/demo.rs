@@ -157,6 +157,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     latencies.sort_by(|a, b| a.total_cmp(b));
+    let dht = dht_lookups(&net, &mut rng).await;
     let stats: Vec<_> = (0..net.len()).map(|i| net.handle(i).stats()).collect();
     let wire_after: u64 = stats.iter().map(|s| s.wire_bytes_out).sum();
     let wire = wire_after.saturating_sub(wire_before);
@@ -199,6 +200,30 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "direct: delivered rate (msg/s)",
         format!("{:.0}", delivered as f64 / elapsed),
     );
+    row("dht: lookups", dht.lookups.to_string());
+    row(
+        "dht: success rate (%)",
+        format!(
+            "{:.1}",
+            100.0 * dht.found as f64 / dht.lookups.max(1) as f64
+        ),
+    );
+    row(
+        "dht: requests per lookup p50",
+        format!("{:.1}", dht.requests_p50),
+    );
+    row(
+        "dht: requests per lookup p95",
+        format!("{:.1}", dht.requests_p95),
+    );
+    row(
+        "dht: lookup latency p50 (ms)",
+        format!("{:.1}", dht.latency_p50),
+    );
+    row(
+        "dht: lookup latency p99 (ms)",
+        format!("{:.1}", dht.latency_p99),
+    );
     row("bytes on the wire (TCP, out)", wire.to_string());
     row(
         "bytes on the wire per message",
@@ -207,6 +232,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     row("inbound envelopes rejected", rejected.to_string());
     println!();
     net.shutdown().await;
+    if dht.found < dht.lookups {
+        bail!(
+            "{} of {} DHT lookups failed",
+            dht.lookups - dht.found,
+            dht.lookups
+        );
+    }
     if lost > 0 || duplicates_delivered > 0 || arrived_once != args.messages {
         bail!(
             "{lost} message(s) lost, {duplicates_delivered} delivered twice, {} arrived exactly once of {}",
@@ -216,4 +248,66 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("all {} messages delivered exactly once", args.messages);
     Ok(())
+}
+
+/// DHT figures over the whole network.
+struct DhtFigures {
+    lookups: u64,
+    found: u64,
+    requests_p50: f64,
+    requests_p95: f64,
+    latency_p50: f64,
+    latency_p99: f64,
+}
+
+/// Every node looks up five random others by PeerId alone.
+async fn dht_lookups(net: &SimNet, rng: &mut rand::rngs::StdRng) -> DhtFigures {
+    const PER_NODE: usize = 5;
+    // Every node must have joined and published its record first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..net.len() {
+        while Instant::now() < deadline {
+            let h = net.handle(i);
+            if h.dht_stats().await.is_ok_and(|s| s.joined) && h.stats().dht_publish_ok > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut requests = Vec::new();
+    let mut latency = Vec::new();
+    let mut lookups = 0u64;
+    let mut found = 0u64;
+    for i in 0..net.len() {
+        for _ in 0..PER_NODE {
+            let mut j = rng.gen_range(0..net.len() - 1);
+            if j >= i {
+                j += 1;
+            }
+            let t0 = Instant::now();
+            lookups += 1;
+            match net.handle(i).find_peer(net.peer_id(j)).await {
+                Ok(_) => {
+                    found += 1;
+                    latency.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                Err(e) => eprintln!("  dht lookup by node {i} of node {j} failed: {e}"),
+            }
+        }
+        if let Ok(s) = net.handle(i).dht_stats().await {
+            if s.lookups.lookups > 0 {
+                requests.push(s.lookups.requests_p50);
+            }
+        }
+    }
+    requests.sort_by(|a, b| a.total_cmp(b));
+    latency.sort_by(|a, b| a.total_cmp(b));
+    DhtFigures {
+        lookups,
+        found,
+        requests_p50: quantile(&requests, 0.50),
+        requests_p95: quantile(&requests, 0.95),
+        latency_p50: quantile(&latency, 0.50),
+        latency_p99: quantile(&latency, 0.99),
+    }
 }

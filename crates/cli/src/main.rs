@@ -78,6 +78,12 @@ enum Command {
         /// The message id (32 hex characters), as printed by `send`.
         id: String,
     },
+    /// Peer discovery: `dht find PEER_ID` looks a peer up, `dht stats` shows
+    /// the routing table and lookup figures.
+    Dht {
+        #[command(subcommand)]
+        action: DhtAction,
+    },
     /// Print a shell completion script: `peercomm completions bash > /etc/bash_completion.d/peercomm`.
     Completions {
         /// The shell.
@@ -87,6 +93,17 @@ enum Command {
     /// between random pairs, and print what was measured. Exits non-zero if
     /// any message was lost.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DhtAction {
+    /// Find a peer's signed record (addresses, keys) through the DHT.
+    Find {
+        /// The peer's PeerId.
+        peer_id: String,
+    },
+    /// Routing table fill, records held, lookups and their cost.
+    Stats,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +199,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Send(args) => client::send(&data_dir(&cli)?, args, json).await,
         Command::Inbox(args) => client::inbox(&data_dir(&cli)?, args, json).await,
+        Command::Dht { action } => match action {
+            DhtAction::Find { peer_id } => client::dht_find(&data_dir(&cli)?, peer_id, json).await,
+            DhtAction::Stats => client::dht_stats(&data_dir(&cli)?, json).await,
+        },
         Command::Message { id } => client::message(&data_dir(&cli)?, id, json).await,
     }
 }

@@ -225,6 +225,24 @@ fn quickstart_two_daemons_send_and_read_with_the_cli() -> Result<()> {
         "{peers}"
     );
 
+    // The DHT: alice finds bob's record by PeerId.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let out = peercomm(&p.alice_dir, &["dht", "find", &p.bob_id, "--json"]);
+        if out.status.success() {
+            break json_of(&out)?;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "dht find: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(found["peer_id"] == p.bob_id.as_str(), "{found}");
+    let stats = json_of(&peercomm(&p.alice_dir, &["dht", "stats", "--json"]))?;
+    ensure!(stats["routing_table_peers"].as_u64() >= Some(1), "{stats}");
+
     // Send without waiting prints {id, state}.
     let queued = json_of(&peercomm(
         &p.bob_dir,

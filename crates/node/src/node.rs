@@ -370,6 +370,18 @@ fn build_swarm(
             )
         })
         .map_err(|e| transport_err(&e))?
+        // In-process networks (`/memory/<port>`): simulations of thousands of nodes.
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20)),
+            )
+        })
+        .map_err(|e| transport_err(&e))?
         .with_dns()
         .map_err(|e| transport_err(&e))?
         .with_bandwidth_metrics(registry)
@@ -450,6 +462,8 @@ struct EventLoop {
 #[derive(Default)]
 struct DhtState {
     joined: bool,
+    /// Routing table size when we last published our record.
+    published_table: usize,
     last_bootstrap: Option<Instant>,
     last_publish: Option<Instant>,
     last_saved: Option<Instant>,
@@ -1048,6 +1062,13 @@ impl EventLoop {
     /// Our record under `/peercomm/peer/<us>`, to the k closest peers.
     fn publish(&mut self) {
         self.dht.last_publish = Some(Instant::now());
+        self.dht.published_table = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
         let mut record = kad::Record::new(peer_key(&self.shared.peer_id), self.record.clone());
         record.publisher = Some(self.shared.peer_id);
         record.expires = Some(Instant::now() + self.shared.config.network.record_ttl);
@@ -1080,11 +1101,20 @@ impl EventLoop {
             }
             self.bootstrap();
         }
-        if self.dht.joined
+        // Publish again on the timer, and early while the routing table is
+        // still growing fast (a node that joined with a small table placed
+        // its record at the few peers it knew, not at the k closest).
+        let grew = table >= 2 * self.dht.published_table.max(1)
             && self
                 .dht
                 .last_publish
-                .is_none_or(|t| t.elapsed() >= config.republish_interval)
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if self.dht.joined
+            && (grew
+                || self
+                    .dht
+                    .last_publish
+                    .is_none_or(|t| t.elapsed() >= config.republish_interval))
         {
             self.publish();
         }
@@ -1136,7 +1166,12 @@ impl EventLoop {
                 }
             }
         }
+        let was_empty = kad.kbuckets().all(|b| b.num_entries() == 0);
         kad.add_address(&peer, addr);
+        if was_empty && !self.dht.joined {
+            // The first peer we learn of: join through it now.
+            self.bootstrap();
+        }
     }
 
     fn find_peer(&mut self, peer: PeerId, reply: oneshot::Sender<Result<PeerRecord, FindError>>) {
@@ -1248,7 +1283,21 @@ impl EventLoop {
                     tracing::info!("joined the DHT");
                     self.publish();
                 }
-                kad::QueryResult::Bootstrap(Err(e)) => tracing::debug!("bootstrap: {e}"),
+                kad::QueryResult::Bootstrap(Err(e)) => {
+                    // A bootstrap that timed out still filled the table.
+                    tracing::debug!("bootstrap: {e}");
+                    let table: usize = self
+                        .swarm
+                        .behaviour_mut()
+                        .kad
+                        .kbuckets()
+                        .map(|b| b.num_entries())
+                        .sum();
+                    if table > 0 && !self.dht.joined {
+                        self.dht.joined = true;
+                        self.publish();
+                    }
+                }
                 kad::QueryResult::PutRecord(result) if step.last => {
                     bump(if result.is_ok() {
                         &self.shared.stats.dht_publish_ok

@@ -42,6 +42,19 @@ pub enum SimTransport {
     Tcp,
     /// QUIC.
     Quic,
+    /// libp2p's in-process memory transport (thousands of nodes, no sockets).
+    Memory,
+}
+
+impl SimTransport {
+    fn listen_addr(self) -> Multiaddr {
+        match self {
+            SimTransport::Tcp => "/ip4/127.0.0.1/tcp/0".parse(),
+            SimTransport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1".parse(),
+            SimTransport::Memory => "/memory/0".parse(),
+        }
+        .unwrap_or_else(|_| Multiaddr::empty())
+    }
 }
 
 /// How to build a simulated network.
@@ -58,6 +71,9 @@ pub struct SimOptions {
     /// The configuration each node starts with (listen addresses are set by
     /// the simulator).
     pub config: Config,
+    /// When set, every other node starts with this node as its only DHT
+    /// bootstrap peer (and no other connection is made for it).
+    pub bootstrap_via: Option<usize>,
 }
 
 impl SimOptions {
@@ -75,6 +91,7 @@ impl SimOptions {
             seed,
             transport: SimTransport::Tcp,
             config: test_config(),
+            bootstrap_via: None,
         }
     }
 }
@@ -87,6 +104,8 @@ pub fn test_config() -> Config {
     config.delivery.retry_cap = Duration::from_secs(2);
     config.delivery.tick = Duration::from_millis(50);
     config.network.request_timeout = Duration::from_secs(10);
+    config.dht.query_timeout = Duration::from_secs(10);
+    config.dht.refresh_interval = Duration::from_secs(30);
     config
 }
 
@@ -126,6 +145,7 @@ pub struct SimNode {
     data_dir: PathBuf,
     peer_id: PeerId,
     listen: Multiaddr,
+    config: Config,
     node: Option<Node>,
     handle: Option<NodeHandle>,
 }
@@ -136,6 +156,7 @@ pub struct SimNet {
     nodes: Vec<SimNode>,
     clock: TestClock,
     config: Config,
+    transport: SimTransport,
     seed: u64,
     _root: tempfile::TempDir,
 }
@@ -150,24 +171,30 @@ impl SimNet {
         let root = tempfile::Builder::new().prefix("peercomm-sim-").tempdir()?;
         let clock = TestClock::new();
         let mut nodes = Vec::with_capacity(options.nodes);
+        let mut bootstrap_addr: Option<Multiaddr> = None;
         for index in 0..options.nodes {
             let data_dir = root.path().join(format!("node-{index}"));
-            let listen: Multiaddr = match options.transport {
-                SimTransport::Tcp => "/ip4/127.0.0.1/tcp/0",
-                SimTransport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+            let mut config = options.config.clone();
+            if let Some(addr) = &bootstrap_addr {
+                config.bootstrap = vec![addr.clone()];
             }
-            .parse()
-            .map_err(|e| SimError::Node {
+            let (node, listen) = start_node(
                 index,
-                reason: format!("{e}"),
-            })?;
-            let (node, listen) =
-                start_node(index, &data_dir, &options.config, &clock, listen).await?;
+                &data_dir,
+                &config,
+                &clock,
+                options.transport.listen_addr(),
+            )
+            .await?;
             let handle = node.handle();
+            if options.bootstrap_via == Some(index) {
+                bootstrap_addr = Some(listen.clone().with(Protocol::P2p(handle.peer_id())));
+            }
             nodes.push(SimNode {
                 data_dir,
                 peer_id: handle.peer_id(),
                 listen,
+                config,
                 node: Some(node),
                 handle: Some(handle),
             });
@@ -176,6 +203,7 @@ impl SimNet {
             nodes,
             clock,
             config: options.config,
+            transport: options.transport,
             seed: options.seed,
             _root: root,
         };
@@ -348,10 +376,11 @@ impl SimNet {
         }
         let listen = self.nodes[index].listen.clone();
         let data_dir = self.nodes[index].data_dir.clone();
+        let config = self.nodes[index].config.clone();
         // The old listener may take a moment to release its port.
         let mut last = None;
         for _ in 0..50 {
-            match start_node(index, &data_dir, &self.config, &self.clock, listen.clone()).await {
+            match start_node(index, &data_dir, &config, &self.clock, listen.clone()).await {
                 Ok((node, _)) => {
                     let handle = node.handle();
                     self.nodes[index].node = Some(node);
@@ -365,6 +394,70 @@ impl SimNet {
             }
         }
         Err(last.unwrap_or(SimError::NotRunning(index)))
+    }
+
+    /// Starts a stopped node again on its data dir but a new port.
+    pub async fn restart_on_new_port(&mut self, index: usize) -> Result<(), SimError> {
+        if self.nodes[index].node.is_some() {
+            return Err(SimError::Node {
+                index,
+                reason: "stop it first".into(),
+            });
+        }
+        let data_dir = self.nodes[index].data_dir.clone();
+        let config = self.nodes[index].config.clone();
+        let (node, listen) = start_node(
+            index,
+            &data_dir,
+            &config,
+            &self.clock,
+            self.transport.listen_addr(),
+        )
+        .await?;
+        let handle = node.handle();
+        self.nodes[index].listen = listen;
+        self.nodes[index].node = Some(node);
+        self.nodes[index].handle = Some(handle);
+        Ok(())
+    }
+
+    /// Adds and starts a new node whose only bootstrap peer is `via`.
+    /// Returns its index.
+    pub async fn spawn(&mut self, via: Option<usize>) -> Result<usize, SimError> {
+        let index = self.nodes.len();
+        let data_dir = self._root.path().join(format!("node-{index}"));
+        let mut config = self.config.clone();
+        if let Some(via) = via {
+            config.bootstrap = vec![self.addr(via)];
+        }
+        let (node, listen) = start_node(
+            index,
+            &data_dir,
+            &config,
+            &self.clock,
+            self.transport.listen_addr(),
+        )
+        .await?;
+        let handle = node.handle();
+        self.nodes.push(SimNode {
+            data_dir,
+            peer_id: handle.peer_id(),
+            listen,
+            config,
+            node: Some(node),
+            handle: Some(handle),
+        });
+        Ok(index)
+    }
+
+    /// Changes the configuration a stopped node restarts with.
+    pub fn config_mut(&mut self, index: usize) -> &mut Config {
+        &mut self.nodes[index].config
+    }
+
+    /// Whether the node is running.
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes.get(index).is_some_and(|n| n.node.is_some())
     }
 
     /// Stops every running node gracefully.

@@ -1,0 +1,294 @@
+//! DHT discovery with no central registry: real nodes on loopback that know
+//! only one bootstrap node.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use peercomm_node::{DeliveryState, NodeHandle, SendOptions};
+use peercomm_sim::{wait_until, SimNet, SimOptions, SimTransport, Topology};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// Waits until every running node has joined and published its record.
+async fn wait_joined(net: &SimNet, indices: &[usize], timeout: Duration) -> Result<()> {
+    for &i in indices {
+        let handle = net.handle(i).clone();
+        wait_until(timeout, &format!("node {i} joined the DHT"), || {
+            let handle = handle.clone();
+            async move {
+                handle.dht_stats().await.is_ok_and(|s| s.joined)
+                    && handle.stats().dht_publish_ok > 0
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn find_ok(handle: &NodeHandle, peer: peercomm_node::PeerId) -> bool {
+    handle
+        .find_peer(peer)
+        .await
+        .is_ok_and(|r| r.peer_id == peer)
+}
+
+fn bootstrap_net(nodes: usize, transport: SimTransport) -> SimOptions {
+    let mut options = SimOptions::new(nodes, Topology::Isolated);
+    options.bootstrap_via = Some(0);
+    options.transport = transport;
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_nodes_find_each_other_through_one_bootstrap_node() -> Result<()> {
+    const NODES: usize = 50;
+    let options = bootstrap_net(NODES, SimTransport::Tcp);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let net = SimNet::start(options).await?;
+    let all: Vec<usize> = (0..NODES).collect();
+    wait_joined(&net, &all, Duration::from_secs(60)).await?;
+
+    let mut lookups = 0;
+    let mut found = 0;
+    for i in 0..NODES {
+        let mut others: Vec<usize> = (0..NODES).filter(|j| *j != i).collect();
+        others.shuffle(&mut rng);
+        for &j in others.iter().take(20) {
+            lookups += 1;
+            if find_ok(net.handle(i), net.peer_id(j)).await {
+                found += 1;
+            }
+        }
+    }
+    eprintln!("lookups {lookups}, found {found}");
+    ensure!(found == lookups, "found {found} of {lookups}");
+    let figures = net.handle(1).dht_stats().await?.lookups;
+    eprintln!("node 1 lookups: {figures:?}");
+
+    // A message to a peer the sender has never met, by PeerId alone.
+    let (from, to) = (NODES - 1, NODES - 2);
+    let id = net
+        .handle(from)
+        .send(
+            net.peer_id(to),
+            b"found you".to_vec(),
+            SendOptions::default(),
+        )
+        .await?;
+    let sender = net.handle(from).clone();
+    wait_until(Duration::from_secs(30), "delivered by PeerId alone", || {
+        let sender = sender.clone();
+        async move {
+            sender
+                .message_state(id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.state == DeliveryState::Delivered)
+        }
+    })
+    .await?;
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_outlives_its_bootstrap_node() -> Result<()> {
+    const NODES: usize = 12;
+    let mut net = SimNet::start(bootstrap_net(NODES, SimTransport::Tcp)).await?;
+    let all: Vec<usize> = (0..NODES).collect();
+    wait_joined(&net, &all, Duration::from_secs(60)).await?;
+
+    // Node 3 stops; then the bootstrap node goes away for good.
+    net.stop(3).await?;
+    net.stop(0).await?;
+
+    // A new node joins through any other node.
+    let newcomer = net.spawn(Some(5)).await?;
+    wait_joined(&net, &[newcomer], Duration::from_secs(60)).await?;
+    for j in [1, 2, 7, 11] {
+        ensure!(
+            find_ok(net.handle(newcomer), net.peer_id(j)).await,
+            "newcomer cannot find {j}"
+        );
+    }
+
+    // Node 3 restarts with only the dead bootstrap node configured: it
+    // re-joins from the routing-table peers it saved.
+    net.restart(3).await?;
+    let h3 = net.handle(3).clone();
+    wait_until(Duration::from_secs(60), "node 3 re-joined", || {
+        let h3 = h3.clone();
+        async move { h3.dht_stats().await.is_ok_and(|s| s.joined) }
+    })
+    .await?;
+    for j in [1, 6, 10, newcomer] {
+        ensure!(find_ok(&h3, net.peer_id(j)).await, "node 3 cannot find {j}");
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_new_port_is_found_and_reached_again() -> Result<()> {
+    const NODES: usize = 10;
+    let mut options = bootstrap_net(NODES, SimTransport::Tcp);
+    options.config.dht.republish_interval = Duration::from_secs(2);
+    options.config.dht.cache_ttl = Duration::from_secs(1);
+    let mut net = SimNet::start(options).await?;
+    let all: Vec<usize> = (0..NODES).collect();
+    wait_joined(&net, &all, Duration::from_secs(60)).await?;
+
+    // Node 8 and node 9 talk, so 9 holds 8's (soon outdated) address.
+    let first = net
+        .handle(9)
+        .send(net.peer_id(8), b"before".to_vec(), SendOptions::default())
+        .await?;
+    let h9 = net.handle(9).clone();
+    let delivered = |id| {
+        let h9 = h9.clone();
+        move || {
+            let h9 = h9.clone();
+            async move {
+                h9.message_state(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.state == DeliveryState::Delivered)
+            }
+        }
+    };
+    wait_until(Duration::from_secs(30), "first message", delivered(first)).await?;
+    let old_addr = net.addr(8);
+
+    net.stop(8).await?;
+    net.restart_on_new_port(8).await?;
+    ensure!(net.addr(8) != old_addr);
+    let started = Instant::now();
+    let new_addr = net.addr(8);
+    let want = new_addr
+        .iter()
+        .take(2)
+        .collect::<peercomm_node::Multiaddr>();
+    let h5 = net.handle(5).clone();
+    let peer8 = net.peer_id(8);
+    wait_until(
+        Duration::from_secs(20),
+        "node 5 finds node 8's new address",
+        || {
+            let (h5, want) = (h5.clone(), want.clone());
+            async move {
+                h5.find_peer(peer8)
+                    .await
+                    .is_ok_and(|r| r.addrs.contains(&want))
+            }
+        },
+    )
+    .await?;
+    eprintln!("new address found after {:?}", started.elapsed());
+
+    let second = net
+        .handle(9)
+        .send(peer8, b"after".to_vec(), SendOptions::default())
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        "message to the new address",
+        delivered(second),
+    )
+    .await?;
+    net.shutdown().await;
+    Ok(())
+}
+
+/// Scale: many nodes in one process on the memory transport. The size comes
+/// from `PEERCOMM_SCALE_NODES` (default 60 so CI stays quick; larger runs are
+/// reported in the issue notes with the command that made them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_lookups_succeed_and_survive_churn() -> Result<()> {
+    let nodes: usize = std::env::var("PEERCOMM_SCALE_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let mut options = bootstrap_net(nodes, SimTransport::Memory);
+    options.config.delivery.tick = Duration::from_secs(1);
+    let seed = options.seed;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let rss_before = rss_kib();
+    let mut net = SimNet::start(options).await?;
+    let all: Vec<usize> = (0..nodes).collect();
+    wait_joined(&net, &all, Duration::from_secs(600)).await?;
+    let join_secs = started.elapsed().as_secs_f64();
+    let rss_after = rss_kib();
+
+    let lookups = 300.min(nodes * 2);
+    let mut ok = 0;
+    for _ in 0..lookups {
+        let pair: Vec<usize> = all.choose_multiple(&mut rng, 2).copied().collect();
+        if find_ok(net.handle(pair[0]), net.peer_id(pair[1])).await {
+            ok += 1;
+        }
+    }
+    let mut requests = Vec::new();
+    let mut latency = Vec::new();
+    for i in (0..nodes).step_by((nodes / 20).max(1)) {
+        let f = net.handle(i).dht_stats().await?.lookups;
+        if f.lookups > 0 {
+            requests.push(f.requests_p50);
+            latency.push(f.latency_ms_p50);
+        }
+    }
+    requests.sort_by(|a, b| a.total_cmp(b));
+    let bound = (nodes as f64).log2() / 20f64.log2();
+    eprintln!(
+        "scale: {nodes} nodes joined in {join_secs:.1}s, memory {:.0} KiB/node, lookups {ok}/{lookups}, \
+         requests per lookup p50 {:.1} (Kademlia bound log2(N)/log2(k) = {bound:.2} rounds of alpha=3)",
+        (rss_after.saturating_sub(rss_before)) as f64 / nodes as f64,
+        requests.get(requests.len() / 2).copied().unwrap_or(0.0),
+    );
+    ensure!(ok == lookups, "before churn: {ok} of {lookups}");
+
+    // Churn: 20% leave abruptly (never the bootstrap node's replacement set).
+    let mut leaving: Vec<usize> = (1..nodes).collect();
+    leaving.shuffle(&mut rng);
+    leaving.truncate(nodes / 5);
+    for &i in &leaving {
+        net.kill(i)?;
+    }
+    let live: Vec<usize> = (0..nodes).filter(|i| net.is_running(*i)).collect();
+    let mut ok = 0;
+    for _ in 0..lookups {
+        let pair: Vec<usize> = live.choose_multiple(&mut rng, 2).copied().collect();
+        if find_ok(net.handle(pair[0]), net.peer_id(pair[1])).await {
+            ok += 1;
+        }
+    }
+    let rate = ok as f64 / lookups as f64;
+    eprintln!(
+        "churn: {} of {nodes} left; lookups for live peers {ok}/{lookups} ({:.1}%)",
+        leaving.len(),
+        rate * 100.0
+    );
+    ensure!(
+        rate >= 0.99,
+        "after churn only {:.1}% succeeded",
+        rate * 100.0
+    );
+    net.shutdown().await;
+    Ok(())
+}
+
+/// Resident memory of this process in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .context("VmRSS")
+        .unwrap_or(0)
+}
