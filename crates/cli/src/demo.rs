@@ -65,8 +65,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("starting the network")?;
     net.introduce_all().await?;
+    wait_dht_settled(&net).await;
     println!(
-        "  network up in {:.2}s: random topology of degree 3, other links made on demand",
+        "  network up and DHT settled in {:.2}s: random topology of degree 3, other links made on demand",
         started.elapsed().as_secs_f64()
     );
 
@@ -263,17 +264,6 @@ struct DhtFigures {
 /// Every node looks up five random others by PeerId alone.
 async fn dht_lookups(net: &SimNet, rng: &mut rand::rngs::StdRng) -> DhtFigures {
     const PER_NODE: usize = 5;
-    // Every node must have joined and published its record first.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for i in 0..net.len() {
-        while Instant::now() < deadline {
-            let h = net.handle(i);
-            if h.dht_stats().await.is_ok_and(|s| s.joined) && h.stats().dht_publish_ok > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
     let mut requests = Vec::new();
     let mut latency = Vec::new();
     let mut lookups = 0u64;
@@ -309,5 +299,20 @@ async fn dht_lookups(net: &SimNet, rng: &mut rand::rngs::StdRng) -> DhtFigures {
         requests_p95: quantile(&requests, 0.95),
         latency_p50: quantile(&latency, 0.50),
         latency_p99: quantile(&latency, 0.99),
+    }
+}
+
+/// Waits (at most 30 s) until every node has joined the DHT and published
+/// its record, as a network that has been up a while would have.
+async fn wait_dht_settled(net: &SimNet) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..net.len() {
+        while Instant::now() < deadline {
+            let h = net.handle(i);
+            if h.dht_stats().await.is_ok_and(|s| s.joined) && h.stats().dht_publish_ok > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
