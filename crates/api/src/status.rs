@@ -91,6 +91,16 @@ pub(crate) struct Stats {
     pub(crate) dht_publish_ok: u64,
     /// Publications of our record that reached nobody.
     pub(crate) dht_publish_failed: u64,
+    /// DHT lookups asked again after the first query failed.
+    pub(crate) dht_lookup_retries: u64,
+    /// DHT lookups finished.
+    pub(crate) dht_lookups: u64,
+    /// DHT lookups that found a valid record.
+    pub(crate) dht_lookups_found: u64,
+    /// Requests sent by finished DHT lookups, summed.
+    pub(crate) dht_lookup_requests: u64,
+    /// Inbound DHT requests dropped for exceeding a peer's rate.
+    pub(crate) dht_inbound_rate_limited: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -126,6 +136,11 @@ impl From<StatsSnapshot> for Stats {
             dht_rate_limited,
             dht_publish_ok,
             dht_publish_failed,
+            dht_lookup_retries,
+            dht_lookups,
+            dht_lookups_found,
+            dht_lookup_requests,
+            dht_inbound_rate_limited,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -154,6 +169,11 @@ impl From<StatsSnapshot> for Stats {
             dht_rate_limited,
             dht_publish_ok,
             dht_publish_failed,
+            dht_lookup_retries,
+            dht_lookups,
+            dht_lookups_found,
+            dht_lookup_requests,
+            dht_inbound_rate_limited,
             wire_bytes_in,
             wire_bytes_out,
         }

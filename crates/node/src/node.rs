@@ -466,6 +466,12 @@ struct DhtState {
     published_table: usize,
     last_bootstrap: Option<Instant>,
     last_publish: Option<Instant>,
+    /// Publishes in a row that reached nobody, and when to try again.
+    publish_failures: u32,
+    publish_retry_at: Option<Instant>,
+    /// A publish straight to the closest peers we know, after a full one
+    /// timed out in its lookup phase.
+    direct_publish: Option<QueryId>,
     last_saved: Option<Instant>,
     /// Lookups in flight, by query.
     lookups: HashMap<QueryId, PendingLookup>,
@@ -485,7 +491,17 @@ struct PendingLookup {
     started: Instant,
     waiters: Vec<oneshot::Sender<Result<PeerRecord, FindError>>>,
     answered: bool,
+    /// Queries run for this lookup so far.
+    attempts: u32,
+    /// Requests sent by the queries before the current one.
+    earlier_requests: u32,
 }
+
+/// Queries one lookup may run: a lookup that timed out or came back empty
+/// (a busy network, a table still filling) is asked once more.
+const LOOKUP_ATTEMPTS: u32 = 2;
+/// The first wait before publishing again after a publish reached nobody.
+const PUBLISH_RETRY_BASE: Duration = Duration::from_secs(2);
 
 /// Verified records kept in `DhtState::found`.
 const MAX_FOUND: usize = 10_000;
@@ -1062,16 +1078,9 @@ impl EventLoop {
     /// Our record under `/peercomm/peer/<us>`, to the k closest peers.
     fn publish(&mut self) {
         self.dht.last_publish = Some(Instant::now());
-        self.dht.published_table = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum();
-        let mut record = kad::Record::new(peer_key(&self.shared.peer_id), self.record.clone());
-        record.publisher = Some(self.shared.peer_id);
-        record.expires = Some(Instant::now() + self.shared.config.network.record_ttl);
+        self.dht.publish_retry_at = None;
+        self.dht.published_table = self.routing_table_len();
+        let record = self.own_dht_record();
         if let Err(e) = self
             .swarm
             .behaviour_mut()
@@ -1082,15 +1091,47 @@ impl EventLoop {
         }
     }
 
-    fn dht_tick(&mut self) {
-        let config = self.shared.config.dht.clone();
-        let table: usize = self
-            .swarm
+    /// Our record, straight to the k closest peers in our routing table: the
+    /// fallback when a full publish timed out before it found the closest
+    /// peers of the whole network (a busy network, slow dials).
+    fn publish_direct(&mut self) {
+        let record = self.own_dht_record();
+        let k = self.shared.config.dht.k;
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let target = kad::KBucketKey::new(record.key.clone());
+        let closest: Vec<PeerId> = kad
+            .get_closest_local_peers(&target)
+            .take(k)
+            .map(|key| *key.preimage())
+            .collect();
+        if closest.is_empty() {
+            self.on_published(false);
+            return;
+        }
+        let query = kad.put_record_to(record, closest.into_iter(), kad::Quorum::One);
+        self.dht.direct_publish = Some(query);
+    }
+
+    fn own_dht_record(&self) -> kad::Record {
+        let mut record = kad::Record::new(peer_key(&self.shared.peer_id), self.record.clone());
+        record.publisher = Some(self.shared.peer_id);
+        record.expires = Some(Instant::now() + self.shared.config.network.record_ttl);
+        record
+    }
+
+    /// Peers in the routing table.
+    fn routing_table_len(&mut self) -> usize {
+        self.swarm
             .behaviour_mut()
             .kad
             .kbuckets()
             .map(|b| b.num_entries())
-            .sum();
+            .sum()
+    }
+
+    fn dht_tick(&mut self) {
+        let config = self.shared.config.dht.clone();
+        let table = self.routing_table_len();
         let since_bootstrap = self.dht.last_bootstrap.map(|t| t.elapsed());
         if table < config.low_watermark
             && since_bootstrap.is_none_or(|d| d >= REBOOTSTRAP_AFTER)
@@ -1109,8 +1150,13 @@ impl EventLoop {
                 .dht
                 .last_publish
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let retry_due = self
+            .dht
+            .publish_retry_at
+            .is_some_and(|at| Instant::now() >= at);
         if self.dht.joined
             && (grew
+                || retry_due
                 || self
                     .dht
                     .last_publish
@@ -1232,6 +1278,8 @@ impl EventLoop {
                 started: Instant::now(),
                 waiters: Vec::new(),
                 answered: false,
+                attempts: 1,
+                earlier_requests: 0,
             },
         );
         self.dht.lookup_of.insert(peer, query);
@@ -1286,24 +1334,23 @@ impl EventLoop {
                 kad::QueryResult::Bootstrap(Err(e)) => {
                     // A bootstrap that timed out still filled the table.
                     tracing::debug!("bootstrap: {e}");
-                    let table: usize = self
-                        .swarm
-                        .behaviour_mut()
-                        .kad
-                        .kbuckets()
-                        .map(|b| b.num_entries())
-                        .sum();
-                    if table > 0 && !self.dht.joined {
+                    if self.routing_table_len() > 0 && !self.dht.joined {
                         self.dht.joined = true;
                         self.publish();
                     }
                 }
                 kad::QueryResult::PutRecord(result) if step.last => {
-                    bump(if result.is_ok() {
-                        &self.shared.stats.dht_publish_ok
-                    } else {
-                        &self.shared.stats.dht_publish_failed
-                    });
+                    let direct = self.dht.direct_publish == Some(id);
+                    if direct {
+                        self.dht.direct_publish = None;
+                    }
+                    match result {
+                        Err(e) if !direct && self.shutdown.is_none() => {
+                            tracing::debug!(?stats, "publish timed out, putting directly: {e}");
+                            self.publish_direct();
+                        }
+                        result => self.on_published(result.is_ok()),
+                    }
                 }
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
                     self.on_found_record(id, found.record, &stats);
@@ -1382,15 +1429,57 @@ impl EventLoop {
         }
     }
 
+    /// A publish finished: reset the retry on success, back off on failure.
+    fn on_published(&mut self, ok: bool) {
+        let stats = &self.shared.stats;
+        if ok {
+            bump(&stats.dht_publish_ok);
+            self.dht.publish_failures = 0;
+            self.dht.publish_retry_at = None;
+            return;
+        }
+        bump(&stats.dht_publish_failed);
+        self.dht.publish_failures = self.dht.publish_failures.saturating_add(1);
+        let wait = PUBLISH_RETRY_BASE
+            .saturating_mul(1 << self.dht.publish_failures.min(10))
+            .min(self.shared.config.dht.republish_interval);
+        // Up to a quarter more, so peers that failed together spread out.
+        let jitter = wait.mul_f64(rand::random::<f64>() / 4.0);
+        self.dht.publish_retry_at = Some(Instant::now() + wait + jitter);
+        tracing::debug!(?wait, "our record reached nobody; publishing again later");
+    }
+
     fn finish_lookup(&mut self, query: QueryId, stats: &kad::QueryStats) {
-        let Some(lookup) = self.dht.lookups.remove(&query) else {
+        let Some(mut lookup) = self.dht.lookups.remove(&query) else {
             return;
         };
+        if !lookup.answered && lookup.attempts < LOOKUP_ATTEMPTS && self.shutdown.is_none() {
+            // Once more: the first query may have timed out on busy peers,
+            // and it has taught the routing table closer ones.
+            let retry = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_record(peer_key(&lookup.peer));
+            lookup.attempts += 1;
+            lookup.earlier_requests = lookup.earlier_requests.saturating_add(stats.num_requests());
+            self.dht.lookup_of.insert(lookup.peer, retry);
+            self.dht.lookups.insert(retry, lookup);
+            bump(&self.shared.stats.dht_lookup_retries);
+            return;
+        }
         self.dht.lookup_of.remove(&lookup.peer);
         let ms = u64::try_from(lookup.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.dht
-            .log
-            .record(lookup.answered, stats.num_requests(), ms);
+        let requests = lookup.earlier_requests.saturating_add(stats.num_requests());
+        self.dht.log.record(lookup.answered, requests, ms);
+        let counters = &self.shared.stats;
+        bump(&counters.dht_lookups);
+        if lookup.answered {
+            bump(&counters.dht_lookups_found);
+        }
+        counters
+            .dht_lookup_requests
+            .fetch_add(u64::from(requests), std::sync::atomic::Ordering::Relaxed);
         for waiter in lookup.waiters {
             let _ = waiter.send(Err(FindError::NotFound(lookup.peer)));
         }

@@ -56,6 +56,17 @@ pub(crate) struct Stats {
     pub(crate) dht_publish_ok: AtomicU64,
     /// Publications of our own record that reached nobody.
     pub(crate) dht_publish_failed: AtomicU64,
+    /// DHT lookups asked a second time after the first query failed.
+    pub(crate) dht_lookup_retries: AtomicU64,
+    /// DHT lookups finished.
+    pub(crate) dht_lookups: AtomicU64,
+    /// DHT lookups that found a valid record.
+    pub(crate) dht_lookups_found: AtomicU64,
+    /// Requests sent by finished DHT lookups, summed (divide by lookups
+    /// for the mean work of a lookup).
+    pub(crate) dht_lookup_requests: AtomicU64,
+    /// Inbound DHT requests dropped because a peer exceeded its rate.
+    pub(crate) dht_inbound_rate_limited: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -86,6 +97,11 @@ pub struct StatsSnapshot {
     pub dht_rate_limited: u64,
     pub dht_publish_ok: u64,
     pub dht_publish_failed: u64,
+    pub dht_lookup_retries: u64,
+    pub dht_lookups: u64,
+    pub dht_lookups_found: u64,
+    pub dht_lookup_requests: u64,
+    pub dht_inbound_rate_limited: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -173,6 +189,41 @@ impl StatsSnapshot {
                 self.records_rejected,
             ),
             (
+                "peercomm_dht_publish_ok",
+                "Publications of our record that reached at least one peer.",
+                self.dht_publish_ok,
+            ),
+            (
+                "peercomm_dht_publish_failed",
+                "Publications of our record that reached nobody (retried with backoff).",
+                self.dht_publish_failed,
+            ),
+            (
+                "peercomm_dht_lookups",
+                "DHT record lookups finished.",
+                self.dht_lookups,
+            ),
+            (
+                "peercomm_dht_lookups_found",
+                "DHT record lookups that found a valid record.",
+                self.dht_lookups_found,
+            ),
+            (
+                "peercomm_dht_lookup_requests",
+                "Requests sent by finished DHT lookups (the hops they took), summed.",
+                self.dht_lookup_requests,
+            ),
+            (
+                "peercomm_dht_lookup_retries",
+                "DHT lookups asked again after their first query failed.",
+                self.dht_lookup_retries,
+            ),
+            (
+                "peercomm_dht_inbound_rate_limited",
+                "Inbound DHT requests dropped because the peer exceeded its rate.",
+                self.dht_inbound_rate_limited,
+            ),
+            (
                 "peercomm_wire_bytes_in",
                 "Bytes read from TCP sockets.",
                 self.wire_bytes_in,
@@ -240,6 +291,11 @@ impl Stats {
             dht_rate_limited: g(&self.dht_rate_limited),
             dht_publish_ok: g(&self.dht_publish_ok),
             dht_publish_failed: g(&self.dht_publish_failed),
+            dht_lookup_retries: g(&self.dht_lookup_retries),
+            dht_lookups: g(&self.dht_lookups),
+            dht_lookups_found: g(&self.dht_lookups_found),
+            dht_lookup_requests: g(&self.dht_lookup_requests),
+            dht_inbound_rate_limited: g(&self.dht_inbound_rate_limited),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

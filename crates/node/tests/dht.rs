@@ -13,14 +13,23 @@ use rand::SeedableRng;
 async fn wait_joined(net: &SimNet, indices: &[usize], timeout: Duration) -> Result<()> {
     for &i in indices {
         let handle = net.handle(i).clone();
-        wait_until(timeout, &format!("node {i} joined the DHT"), || {
+        let waited = wait_until(timeout, &format!("node {i} joined the DHT"), || {
             let handle = handle.clone();
             async move {
                 handle.dht_stats().await.is_ok_and(|s| s.joined)
                     && handle.stats().dht_publish_ok > 0
             }
         })
-        .await?;
+        .await;
+        if let Err(e) = waited {
+            let dht = handle.dht_stats().await;
+            let stats = handle.stats();
+            anyhow::bail!(
+                "{e}; node {i}: {dht:?}, publish ok {} failed {}",
+                stats.dht_publish_ok,
+                stats.dht_publish_failed
+            );
+        }
     }
     Ok(())
 }
@@ -55,8 +64,9 @@ async fn fifty_nodes_find_each_other_through_one_bootstrap_node() -> Result<()> 
         others.shuffle(&mut rng);
         for &j in others.iter().take(20) {
             lookups += 1;
-            if find_ok(net.handle(i), net.peer_id(j)).await {
-                found += 1;
+            match net.handle(i).find_peer(net.peer_id(j)).await {
+                Ok(r) if r.peer_id == net.peer_id(j) => found += 1,
+                other => eprintln!("lookup {i} -> {j} failed: {other:?}"),
             }
         }
     }

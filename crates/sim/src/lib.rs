@@ -104,7 +104,7 @@ pub fn test_config() -> Config {
     config.delivery.retry_cap = Duration::from_secs(2);
     config.delivery.tick = Duration::from_millis(50);
     config.network.request_timeout = Duration::from_secs(10);
-    config.dht.query_timeout = Duration::from_secs(10);
+    config.dht.query_timeout = Duration::from_secs(20);
     config.dht.refresh_interval = Duration::from_secs(30);
     config
 }
