@@ -70,6 +70,10 @@ pub struct DhtConfig {
     /// Records a single peer may store on us per minute; more are dropped
     /// and counted.
     pub max_puts_per_peer_per_minute: u32,
+    /// Inbound DHT requests (any kind) one peer may make per minute, with
+    /// bursts of a quarter of that; more are dropped and counted, and a
+    /// peer that keeps going is disconnected (0 = no limit).
+    pub max_requests_per_peer_per_minute: u32,
     /// `server` answers DHT queries (reachable nodes), `client` only asks.
     pub mode: DhtMode,
 }
@@ -97,6 +101,7 @@ impl Default for DhtConfig {
             disjoint_paths: false,
             max_peers_per_subnet: 2,
             max_puts_per_peer_per_minute: 60,
+            max_requests_per_peer_per_minute: 600,
             mode: DhtMode::Server,
         }
     }
@@ -164,6 +169,10 @@ pub struct NetworkConfig {
     /// Lifetime of our signed peer record; it is re-signed well before.
     #[serde(with = "humantime_serde")]
     pub record_ttl: Duration,
+    /// Addresses others can reach us at that we do not listen on (a port
+    /// forward, a public address in front of NAT): announced in our peer
+    /// record beside the listen addresses and those peers confirm.
+    pub external_addrs: Vec<Multiaddr>,
 }
 
 impl Default for Config {
@@ -208,6 +217,7 @@ impl Default for NetworkConfig {
             request_timeout: Duration::from_secs(20),
             max_concurrent_streams: 128,
             record_ttl: Duration::from_secs(24 * 3600),
+            external_addrs: Vec::new(),
         }
     }
 }
@@ -395,6 +405,7 @@ max_ttl = "{mt}"          # longest lifetime a sender may ask for
 [network]
 idle_connection_timeout = "{ic}"
 request_timeout = "{rt}"
+external_addrs = []              # e.g. ["/ip4/203.0.113.7/tcp/4001"] behind a port forward
 
 [api]
 listen = "{al}"           # the local HTTP API; keep it on loopback
@@ -406,6 +417,7 @@ alpha = {alpha}                     # lookup parallelism
 refresh_interval = "{ri}"      # routing table refresh
 republish_interval = "{rp}"    # re-publish our peer record
 max_peers_per_subnet = {mps}      # per bucket, per IPv4 /24 or IPv6 /48 (0 = no limit)
+max_requests_per_peer_per_minute = {mrq}  # inbound DHT requests per peer (0 = no limit)
 mode = "server"               # "client" on nodes others cannot reach
 "#,
         listen = d
@@ -429,6 +441,7 @@ mode = "server"               # "client" on nodes others cannot reach
         ri = humantime::format_duration(d.dht.refresh_interval),
         rp = humantime::format_duration(d.dht.republish_interval),
         mps = d.dht.max_peers_per_subnet,
+        mrq = d.dht.max_requests_per_peer_per_minute,
     )
 }
 
@@ -441,7 +454,17 @@ pub fn default_data_dir() -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// Held by every test that reads the process environment: the one test
+    /// that sets `PEERCOMM_*` variables would otherwise leak them into others
+    /// running at the same time.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn env_guard() -> std::sync::MutexGuard<'static, ()> {
+        ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn load_with(toml: &str) -> Result<Config, ConfigError> {
+        let _env = env_guard();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), toml).unwrap();
         Config::load(dir.path(), &ConfigOverrides::default())
@@ -449,6 +472,7 @@ mod tests {
 
     #[test]
     fn defaults_apply_without_a_file() {
+        let _env = env_guard();
         let dir = tempfile::tempdir().unwrap();
         let c = Config::load(dir.path(), &ConfigOverrides::default()).unwrap();
         assert_eq!(c, Config::default());
@@ -496,6 +520,7 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file() {
+        let _env = env_guard();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(CONFIG_FILE),
@@ -518,6 +543,7 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment::Jail fixes the error type
     fn environment_wins_over_the_file_and_loses_to_flags() {
         // figment::Jail isolates the process environment for this test.
+        let _env = env_guard();
         figment::Jail::expect_with(|jail| {
             jail.create_file(CONFIG_FILE, "[delivery]\nretry_base = \"1s\"\n")?;
             jail.set_env("PEERCOMM_DELIVERY__RETRY_BASE", "7s");

@@ -26,6 +26,7 @@ mod handle;
 pub mod identity;
 pub mod msg;
 mod node;
+mod observed;
 mod stats;
 mod transport;
 

@@ -36,12 +36,14 @@ use crate::config::Config;
 use crate::config::DhtMode;
 use crate::delivery::Backoff;
 use crate::dht::lookups::LookupLog;
+use crate::dht::ratelimit::RateLimitedKad;
 use crate::dht::record_store::PersistentStore;
 use crate::dht::{diversity, peer_key, validate::validate, DhtStats, Rejection, KAD_PROTOCOL};
 use crate::handle::FindError;
 use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
 use crate::identity::{Identity, IdentityError};
 use crate::msg::{FrameCodec, MSG_PROTOCOL, RECORD_PROTOCOL};
+use crate::observed::ObservedAddrs;
 use crate::stats::{bump, Stats};
 use crate::transport::{Counted, WireCounters};
 use crate::NodeEvent;
@@ -132,7 +134,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     msg: request_response::Behaviour<FrameCodec>,
     record: request_response::Behaviour<FrameCodec>,
-    kad: kad::Behaviour<PersistentStore>,
+    kad: RateLimitedKad,
 }
 
 /// One delivery attempt prepared on a blocking thread.
@@ -205,6 +207,9 @@ impl Node {
         )?;
         let metrics = Metrics::new(&mut registry);
 
+        for addr in &options.config.network.external_addrs {
+            swarm.add_external_address(addr.clone());
+        }
         let mut pending_listeners = HashMap::new();
         for addr in &options.config.listen {
             let id = swarm
@@ -291,6 +296,8 @@ impl Node {
             next_token: 0,
             background: 0,
             told_addrs: HashMap::new(),
+            remotes: HashMap::new(),
+            observed: ObservedAddrs::default(),
             dht: DhtState::default(),
             due_dirty: true,
             due_running: false,
@@ -353,7 +360,7 @@ fn build_swarm(
         .set_publication_interval(None);
     let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
     let net = config.network.clone();
-    let codec = FrameCodec::counting(stats);
+    let codec = FrameCodec::counting(stats.clone());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair().clone())
         .with_tokio()
         .with_quic()
@@ -415,7 +422,7 @@ fn build_swarm(
                         DhtMode::Server => kad::Mode::Server,
                         DhtMode::Client => kad::Mode::Client,
                     }));
-                    kad
+                    RateLimitedKad::new(kad, dht.max_requests_per_peer_per_minute, stats)
                 },
             }
         })
@@ -452,6 +459,10 @@ struct EventLoop {
     /// Addresses we were told about (config, `add_peer_address`), re-offered
     /// on every dial: libp2p forgets an address after a failed dial.
     told_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// The remote address of each open connection (for observed addresses).
+    remotes: HashMap<libp2p::swarm::ConnectionId, Multiaddr>,
+    /// Addresses peers see us at, confirmed before they are announced.
+    observed: ObservedAddrs,
     due_dirty: bool,
     due_running: bool,
     shutdown: Option<(oneshot::Sender<()>, tokio::time::Instant)>,
@@ -503,6 +514,8 @@ const LOOKUP_ATTEMPTS: u32 = 2;
 /// The first wait before publishing again after a publish reached nobody.
 const PUBLISH_RETRY_BASE: Duration = Duration::from_secs(2);
 
+/// Open connections whose remote address is remembered, at most.
+const MAX_TRACKED_CONNECTIONS: usize = 10_000;
 /// Verified records kept in `DhtState::found`.
 const MAX_FOUND: usize = 10_000;
 /// Peers whose last reachability lookup is remembered.
@@ -611,7 +624,7 @@ impl EventLoop {
             u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
         let record = PeerRecord {
             peer_id: self.shared.peer_id,
-            addrs: self.listen_addrs.clone(),
+            addrs: self.announced_addrs(),
             box_key: *self.identity.box_keys().public(),
             protocol_version: peercomm_wire::limits::PROTOCOL_VERSION,
             seq: self.record_seq,
@@ -628,6 +641,18 @@ impl EventLoop {
             }
             Err(e) => tracing::error!("cannot sign our peer record: {e}"),
         }
+    }
+
+    /// What our record announces: the addresses we listen on, then the
+    /// external ones (configured, or observed by enough peers), no duplicates.
+    fn announced_addrs(&self) -> Vec<Multiaddr> {
+        let mut addrs = self.listen_addrs.clone();
+        for addr in self.swarm.external_addresses() {
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
+        addrs
     }
 
     fn on_record_bytes(&mut self, from: PeerId, bytes: Vec<u8>) {
@@ -1546,20 +1571,45 @@ impl EventLoop {
                 peer_id,
                 endpoint,
                 num_established,
+                connection_id,
                 ..
-            } if num_established.get() == 1 => self.on_first_connection(peer_id, &endpoint),
+            } => {
+                if self.remotes.len() < MAX_TRACKED_CONNECTIONS {
+                    self.remotes
+                        .insert(connection_id, endpoint.get_remote_address().clone());
+                }
+                if num_established.get() == 1 {
+                    self.on_first_connection(peer_id, &endpoint);
+                }
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
+                connection_id,
                 ..
-            } => self.emit(NodeEvent::PeerDisconnected { peer: peer_id }),
+            } => {
+                self.remotes.remove(&connection_id);
+                if num_established == 0 {
+                    self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Record(event)) => self.on_record_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
-                ..
+                connection_id,
             })) => {
+                if let Some(remote) = self.remotes.get(&connection_id) {
+                    let confirmed =
+                        self.observed
+                            .observe(remote, &info.observed_addr, &self.listen_addrs);
+                    if let Some(addr) = confirmed {
+                        tracing::info!(%addr, "peers in several subnets see us at this address");
+                        self.swarm.add_external_address(addr);
+                        self.sign_record();
+                    }
+                }
                 let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
                 for addr in info.listen_addrs {
                     if is_dialable(&addr) {

@@ -211,6 +211,72 @@ async fn a_node_on_a_new_port_is_found_and_reached_again() -> Result<()> {
     Ok(())
 }
 
+/// Addresses set in `network.external_addrs` are announced in the record
+/// the DHT serves, beside the listen addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_external_addresses_are_announced() -> Result<()> {
+    let external: peercomm_node::Multiaddr = "/ip4/203.0.113.7/tcp/4001".parse()?;
+    let mut options = bootstrap_net(3, SimTransport::Tcp);
+    options.config.network.external_addrs = vec![external.clone()];
+    let net = SimNet::start(options).await?;
+    wait_joined(&net, &[0, 1, 2], Duration::from_secs(60)).await?;
+    let record = net.handle(2).find_peer(net.peer_id(1)).await?;
+    ensure!(
+        record.addrs.contains(&external),
+        "external address missing from {:?}",
+        record.addrs
+    );
+    ensure!(
+        record
+            .addrs
+            .iter()
+            .any(|a| a.to_string().starts_with("/ip4/127.0.0.1/tcp/")),
+        "listen address missing from {:?}",
+        record.addrs
+    );
+    net.shutdown().await;
+    Ok(())
+}
+
+/// A peer that floods DHT requests is throttled; a well-behaved one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_dht_requests_is_rate_limited() -> Result<()> {
+    let mut options = bootstrap_net(3, SimTransport::Tcp);
+    // 60 a minute: bursts of 15, then one a second.
+    options.config.dht.max_requests_per_peer_per_minute = 60;
+    options.config.dht.query_timeout = Duration::from_secs(3);
+    let net = SimNet::start(options).await?;
+    wait_joined(&net, &[0, 1, 2], Duration::from_secs(60)).await?;
+    ensure!(net.handle(0).stats().dht_inbound_rate_limited == 0);
+
+    // Node 1 looks up 60 peers that do not exist, all at once.
+    let flood: Vec<_> = (0..60)
+        .map(|_| {
+            let h1 = net.handle(1).clone();
+            tokio::spawn(async move { h1.find_peer(peercomm_node::PeerId::random()).await })
+        })
+        .collect();
+    for lookup in flood {
+        ensure!(
+            lookup.await?.is_err(),
+            "a peer that does not exist was found"
+        );
+    }
+    let limited = net.handle(0).stats().dht_inbound_rate_limited
+        + net.handle(2).stats().dht_inbound_rate_limited;
+    eprintln!("requests dropped by the rate limit: {limited}");
+    ensure!(limited > 0, "nothing was rate limited");
+
+    // The nodes still answer a peer within its rate.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        find_ok(net.handle(2), net.peer_id(1)).await,
+        "node 2 cannot find node 1"
+    );
+    net.shutdown().await;
+    Ok(())
+}
+
 /// Scale: many nodes in one process on the memory transport. The size comes
 /// from `PEERCOMM_SCALE_NODES` (default 60 so CI stays quick; larger runs are
 /// reported in the issue notes with the command that made them).

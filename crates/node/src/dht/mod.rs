@@ -11,6 +11,7 @@
 
 pub(crate) mod diversity;
 pub(crate) mod lookups;
+pub(crate) mod ratelimit;
 pub(crate) mod record_store;
 pub(crate) mod validate;
 
