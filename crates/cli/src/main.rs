@@ -4,6 +4,7 @@
 //! `inbox` and `message` are clients of the daemon's local HTTP API (they
 //! find its address and token in the data dir); `demo` runs a local network.
 
+mod bench;
 mod client;
 mod daemon;
 mod demo;
@@ -52,6 +53,12 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+enum BenchKind {
+    /// The DHT at scale: formation, lookups against the Kademlia bound, churn.
+    Dht(bench::DhtBenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Create a node: a new identity and a commented config.toml in the data
     /// dir. Prints the new PeerId. Never touches an existing identity.
@@ -93,6 +100,13 @@ enum Command {
     /// between random pairs, and print what was measured. Exits non-zero if
     /// any message was lost.
     Demo(demo::DemoArgs),
+    /// Measure on a simulated network: `bench dht --nodes 1000` forms a DHT
+    /// of that many nodes in this process and reports lookup success, hops,
+    /// latency, memory per node and success after churn.
+    Bench {
+        #[command(subcommand)]
+        kind: BenchKind,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +201,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args.clone()).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            kind: BenchKind::Dht(args),
+        } => bench::dht(args.clone(), json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Init => daemon::init(&data_dir(&cli)?, json),
         Command::Run(args) => daemon::run(&data_dir(&cli)?, args.clone()).await,
         Command::Id => daemon::id(&data_dir(&cli)?, json),

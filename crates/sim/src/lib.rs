@@ -7,6 +7,8 @@
 //! the same data dir and port, and waits for conditions with a deadline.
 //! Every node shares one [`TestClock`], so a test can move time.
 
+pub mod scale;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,98 @@
+//! `peercomm bench`: measurements on a local simulated network.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use peercomm_sim::scale::{dht_scale, DhtScaleOptions, DhtScaleReport, LookupRound};
+
+/// `peercomm bench dht`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DhtBenchArgs {
+    /// Nodes in the network (one process, libp2p's memory transport).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Lookups before churn, and again after it [default: 2 per node, at most 1,000].
+    #[arg(long)]
+    lookups: Option<usize>,
+    /// Fraction of nodes that leave abruptly before the second round of lookups.
+    #[arg(long, default_value_t = 0.2)]
+    churn: f64,
+    /// Seed for every random choice (random if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Give up if the network has not formed after this long.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    join_timeout: Duration,
+}
+
+/// Runs the DHT scale benchmark and prints its figures.
+pub(crate) async fn dht(args: DhtBenchArgs, json: bool) -> anyhow::Result<()> {
+    if args.nodes < 3 {
+        bail!("--nodes must be at least 3 (got {})", args.nodes);
+    }
+    if !(0.0..0.9).contains(&args.churn) {
+        bail!(
+            "--churn is a fraction below 0.9, e.g. 0.2 (got {})",
+            args.churn
+        );
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let mut options = DhtScaleOptions::new(args.nodes, seed);
+    if let Some(lookups) = args.lookups {
+        options.lookups = lookups.max(1);
+    }
+    options.churn = args.churn;
+    options.join_timeout = args.join_timeout;
+    if !json {
+        println!(
+            "peercomm bench dht: {} nodes on the memory transport (seed {seed})",
+            args.nodes
+        );
+    }
+    let mut progress = |line: &str| {
+        if !json {
+            println!("  {line}");
+        }
+    };
+    let report = dht_scale(&options, &mut progress).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_round(name: &str, r: &LookupRound) {
+    println!(
+        "  {name:<13} {}/{} found ({:.2}%); hops p50 {:.0} p95 {:.0} max {:.0}; \
+         requests p50 {:.0} p95 {:.0}; latency p50 {:.1} ms p99 {:.1} ms",
+        r.found,
+        r.lookups,
+        r.success() * 100.0,
+        r.hops.p50,
+        r.hops.p95,
+        r.hops.max,
+        r.requests.p50,
+        r.requests.p95,
+        r.latency_ms.p50,
+        r.latency_ms.p99,
+    );
+}
+
+fn print_report(r: &DhtScaleReport) {
+    println!(
+        "  network       {} nodes formed in {:.0} s; join p50 {:.1} s p95 {:.1} s; {:.1} MiB per node",
+        r.nodes,
+        r.formed_secs,
+        r.join_secs.p50,
+        r.join_secs.p95,
+        r.rss_kib_per_node / 1024.0
+    );
+    println!(
+        "  bound         log2(N)/log2(k) = {:.2} hops (k = {}, alpha = {})",
+        r.hop_bound, r.k, r.alpha
+    );
+    print_round("lookups", &r.before_churn);
+    print_round(&format!("after churn ({} left)", r.left), &r.after_churn);
+}

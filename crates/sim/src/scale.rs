@@ -1,0 +1,310 @@
+//! The DHT at scale: many nodes in one process on the memory transport,
+//! lookups measured against the Kademlia bound, then churn.
+//!
+//! Used by the scale test (small N in CI) and by `peercomm bench dht`, which
+//! prints the figures for any N the machine can hold.
+
+use std::time::{Duration, Instant};
+
+use peercomm_node::NodeHandle;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::{test_config, SimError, SimNet, SimOptions, SimTransport, Topology};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DhtScaleOptions {
+    /// Nodes in the network.
+    pub nodes: usize,
+    /// Lookups before churn, and again after it.
+    pub lookups: usize,
+    /// Fraction of nodes that leave abruptly before the second round.
+    pub churn: f64,
+    /// Seed for every random choice.
+    pub seed: u64,
+    /// How long the whole network may take to form.
+    pub join_timeout: Duration,
+    /// Nodes started before waiting for the ones in flight to join.
+    pub wave: usize,
+}
+
+impl DhtScaleOptions {
+    /// `nodes` nodes, 2 lookups per node (at most 1,000), 20% churn.
+    pub fn new(nodes: usize, seed: u64) -> Self {
+        Self {
+            nodes,
+            lookups: (nodes * 2).clamp(20, 1000),
+            churn: 0.2,
+            seed,
+            join_timeout: Duration::from_secs(1800),
+            wave: 50,
+        }
+    }
+}
+
+/// Percentiles of a set of figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Spread {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (empty: all zero).
+    pub fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+            v[i.min(v.len() - 1)]
+        };
+        Self {
+            p50: at(0.5),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// One round of lookups.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LookupRound {
+    /// Lookups made.
+    pub lookups: usize,
+    /// Of those, how many returned the right, verified record.
+    pub found: usize,
+    /// Kademlia requests each lookup sent.
+    pub requests: Spread,
+    /// Hops: lookup rounds of `alpha` parallel requests (requests / alpha,
+    /// rounded up), the figure the Kademlia bound speaks of.
+    pub hops: Spread,
+    /// Lookup latency in milliseconds.
+    pub latency_ms: Spread,
+}
+
+impl LookupRound {
+    /// Found / lookups.
+    pub fn success(&self) -> f64 {
+        if self.lookups == 0 {
+            return 0.0;
+        }
+        self.found as f64 / self.lookups as f64
+    }
+}
+
+/// What a scale run measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DhtScaleReport {
+    /// Nodes started.
+    pub nodes: usize,
+    /// k (bucket size, replication).
+    pub k: usize,
+    /// Lookup parallelism.
+    pub alpha: usize,
+    /// Seconds until every node had joined and published its record.
+    pub formed_secs: f64,
+    /// Seconds from a node's start until it had joined and published.
+    pub join_secs: Spread,
+    /// Resident memory added per node, KiB.
+    pub rss_kib_per_node: f64,
+    /// log2(N) / log2(k): the expected number of hops.
+    pub hop_bound: f64,
+    /// Lookups with every node up.
+    pub before_churn: LookupRound,
+    /// Nodes that left abruptly.
+    pub left: usize,
+    /// Lookups for live peers after they left.
+    pub after_churn: LookupRound,
+}
+
+/// Resident memory of this process in KiB (Linux; 0 elsewhere).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn has_joined(handle: &NodeHandle) -> bool {
+    handle.dht_stats().await.is_ok_and(|s| s.joined) && handle.stats().dht_publish_ok > 0
+}
+
+/// The configuration of a scale node: test timings, but no delivery work
+/// to speak of and the default refresh interval.
+fn scale_config() -> peercomm_node::Config {
+    let mut config = test_config();
+    config.delivery.tick = Duration::from_secs(1);
+    config.dht.refresh_interval = Duration::from_secs(300);
+    // Every lookup asks the network: no answers from the cache.
+    config.dht.cache_ttl = Duration::ZERO;
+    config
+}
+
+/// Runs the scale scenario; `progress` hears a line now and then.
+pub async fn dht_scale(
+    options: &DhtScaleOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DhtScaleReport, SimError> {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let config = scale_config();
+    let (k, alpha) = (config.dht.k, config.dht.alpha);
+    let mut sim = SimOptions::new(1, Topology::Isolated);
+    sim.seed = options.seed;
+    sim.transport = SimTransport::Memory;
+    sim.config = config;
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let mut net = SimNet::start(sim).await?;
+    let mut spawned_at = vec![Instant::now()];
+    let mut joined_at: Vec<Option<Instant>> = vec![None];
+    let deadline = started + options.join_timeout;
+    // Start nodes in waves, each through the first node; a wave's nodes
+    // join while the next one starts.
+    while net.len() < options.nodes || joined_at.iter().any(Option::is_none) {
+        let wave_end = (net.len() + options.wave.max(1)).min(options.nodes);
+        while net.len() < wave_end {
+            net.spawn(Some(0)).await?;
+            spawned_at.push(Instant::now());
+            joined_at.push(None);
+        }
+        for (i, at) in joined_at.iter_mut().enumerate() {
+            if at.is_none() && has_joined(net.handle(i)).await {
+                *at = Some(Instant::now());
+            }
+        }
+        let joined = joined_at.iter().filter(|j| j.is_some()).count();
+        progress(&format!(
+            "{} of {} nodes started, {joined} joined, {:.0}s",
+            net.len(),
+            options.nodes,
+            started.elapsed().as_secs_f64()
+        ));
+        if Instant::now() >= deadline {
+            return Err(SimError::Timeout(
+                options.join_timeout,
+                format!("all of {} nodes to join ({joined} did)", options.nodes),
+            ));
+        }
+        if net.len() >= options.nodes {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let formed_secs = started.elapsed().as_secs_f64();
+    let rss_after = rss_kib();
+    let join: Vec<f64> = spawned_at
+        .iter()
+        .zip(&joined_at)
+        .filter_map(|(s, j)| j.map(|j| j.duration_since(*s).as_secs_f64()))
+        .collect();
+
+    let all: Vec<usize> = (0..options.nodes).collect();
+    progress(&format!(
+        "formed in {formed_secs:.0}s; {} lookups",
+        options.lookups
+    ));
+    let before_churn = lookup_round(&net, &all, options.lookups, alpha, &mut rng).await;
+
+    let mut leaving: Vec<usize> = all.clone();
+    leaving.shuffle(&mut rng);
+    leaving.truncate((options.nodes as f64 * options.churn) as usize);
+    for &i in &leaving {
+        net.kill(i)?;
+    }
+    let live: Vec<usize> = all.iter().copied().filter(|i| net.is_running(*i)).collect();
+    progress(&format!(
+        "{} nodes left abruptly; {} lookups for live peers",
+        leaving.len(),
+        options.lookups
+    ));
+    let after_churn = lookup_round(&net, &live, options.lookups, alpha, &mut rng).await;
+    net.shutdown().await;
+    let n = options.nodes.max(1) as f64;
+    Ok(DhtScaleReport {
+        nodes: options.nodes,
+        k,
+        alpha,
+        formed_secs,
+        join_secs: Spread::of(&join),
+        rss_kib_per_node: rss_after.saturating_sub(rss_before) as f64 / n,
+        hop_bound: n.log2() / (k.max(2) as f64).log2(),
+        before_churn,
+        left: leaving.len(),
+        after_churn,
+    })
+}
+
+/// `lookups` lookups, one at a time, each from a random node among `among`
+/// for another random one; requests counted from the asker's counters.
+async fn lookup_round(
+    net: &SimNet,
+    among: &[usize],
+    lookups: usize,
+    alpha: usize,
+    rng: &mut StdRng,
+) -> LookupRound {
+    let mut round = LookupRound::default();
+    let (mut requests, mut hops, mut latency) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..lookups {
+        let pair: Vec<usize> = among.choose_multiple(rng, 2).copied().collect();
+        let [from, to] = pair[..] else {
+            break;
+        };
+        let asker = net.handle(from);
+        let target = net.peer_id(to);
+        let before = asker.stats().dht_lookup_requests;
+        let t = Instant::now();
+        let found = asker
+            .find_peer(target)
+            .await
+            .is_ok_and(|r| r.peer_id == target);
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let sent = asker.stats().dht_lookup_requests.saturating_sub(before) as f64;
+        round.lookups += 1;
+        if found {
+            round.found += 1;
+            requests.push(sent);
+            // A record the asker holds itself (it is one of the k closest)
+            // takes no request: zero hops.
+            hops.push((sent / alpha.max(1) as f64).ceil());
+            latency.push(ms);
+        }
+    }
+    round.requests = Spread::of(&requests);
+    round.hops = Spread::of(&hops);
+    round.latency_ms = Spread::of(&latency);
+    round
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_are_order_statistics() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let s = Spread::of(&v);
+        assert_eq!(s.p50, 51.0);
+        assert_eq!(s.p95, 95.0);
+        assert_eq!(s.p99, 99.0);
+        assert_eq!(s.max, 100.0);
+        assert_eq!(Spread::of(&[]), Spread::default());
+    }
+}
