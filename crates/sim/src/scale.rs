@@ -120,6 +120,11 @@ pub struct DhtScaleReport {
     pub join_secs: Spread,
     /// Resident memory added per node, KiB.
     pub rss_kib_per_node: f64,
+    /// Open connections per node once the network had formed (mean).
+    pub connections_per_node: f64,
+    /// CPU the whole formed network used while idle, in percent of one
+    /// core, over a 5 s window: the background cost of keeping it up.
+    pub idle_cpu_percent: f64,
     /// log2(N) / log2(k): the expected number of hops.
     pub hop_bound: f64,
     /// Lookups with every node up.
@@ -128,6 +133,25 @@ pub struct DhtScaleReport {
     pub left: usize,
     /// Lookups for live peers after they left.
     pub after_churn: LookupRound,
+}
+
+/// CPU time this process has used (user + system), in seconds (Linux; 0
+/// elsewhere).
+pub fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
 }
 
 /// Resident memory of this process in KiB (Linux; 0 elsewhere).
@@ -216,8 +240,17 @@ pub async fn dht_scale(
         .collect();
 
     let all: Vec<usize> = (0..options.nodes).collect();
+    let mut connections = 0usize;
+    for i in &all {
+        connections += net.handle(*i).peers().await.map(|p| p.len()).unwrap_or(0);
+    }
+    let (cpu_before, idle_start) = (cpu_secs(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_cpu_percent =
+        100.0 * (cpu_secs() - cpu_before) / idle_start.elapsed().as_secs_f64().max(0.001);
     progress(&format!(
-        "formed in {formed_secs:.0}s; {} lookups",
+        "formed in {formed_secs:.0}s, {:.1} connections per node, idle CPU {idle_cpu_percent:.0}%; {} lookups",
+        connections as f64 / options.nodes.max(1) as f64,
         options.lookups
     ));
     let before_churn = lookup_round(&net, &all, options.lookups, alpha, &mut rng).await;
@@ -244,6 +277,8 @@ pub async fn dht_scale(
         formed_secs,
         join_secs: Spread::of(&join),
         rss_kib_per_node: rss_after.saturating_sub(rss_before) as f64 / n,
+        connections_per_node: connections as f64 / n,
+        idle_cpu_percent,
         hop_bound: n.log2() / (k.max(2) as f64).log2(),
         before_churn,
         left: leaving.len(),
