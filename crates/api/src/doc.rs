@@ -12,7 +12,7 @@ use crate::error::{ErrorBody, ErrorDetail};
 use crate::events::{ListeningEvent, MessageReceivedEvent, MessageStateEvent, PeerEvent};
 use crate::messages::{
     Direction, IncomingState, IncomingView, MessageList, MessageView, OutgoingState, OutgoingView,
-    PriorityClass, SendRequest, SendResponse,
+    PriorityClass, RoutePreference, SendRequest, SendResponse,
 };
 use crate::peers::{DialRequest, PeerList, PeerView};
 use crate::status::{Health, Stats, StatusBody};
@@ -47,7 +47,8 @@ const BEARER: &str = "bearer";
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, StatusBody, Stats, PeerList, PeerView, DialRequest,
-        SendRequest, SendResponse, PriorityClass, Direction, OutgoingState, IncomingState,
+        SendRequest, SendResponse, PriorityClass, RoutePreference, Direction, OutgoingState,
+        IncomingState,
         OutgoingView, IncomingView, MessageView, MessageList, MessageReceivedEvent,
         MessageStateEvent, PeerEvent, ListeningEvent,
         crate::dht::PeerRecordView, crate::dht::DhtStatsView,

@@ -20,7 +20,7 @@ pub(crate) struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorDetail {
     /// Stable machine-readable code: `invalid_json`, `invalid_field`,
-    /// `invalid_peer_id`, `invalid_id`, `invalid_query`, `unauthorized`,
+    /// `invalid_peer_id`, `invalid_route`, `invalid_id`, `invalid_query`, `unauthorized`,
     /// `not_found`, `method_not_allowed`, `payload_too_large`,
     /// `unsupported_media_type`, `unprocessable`, `internal`,
     /// `node_unavailable`.

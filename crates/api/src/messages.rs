@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use peercomm_node::{
     DeliveryState, InboxQuery, IncomingMessage, MessageId, OutgoingMessage, PeerId, Priority,
-    SendOptions, MAX_PAGE,
+    Route, SendOptions, MAX_PAGE,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
@@ -36,6 +37,14 @@ pub(crate) struct SendRequest {
     /// Priority class; `interactive` when absent.
     #[serde(default)]
     pub(crate) priority: Option<PriorityClass>,
+    /// Route preference; `auto` (the node chooses) when absent or `null`. Any
+    /// other value answers 400 `invalid_route`.
+    // Implementation notes: read as any JSON value, not as the enum, so that
+    // every wrong value (unknown name or wrong type) answers `invalid_route`
+    // from `parse_route` rather than serde's generic `invalid_field`.
+    #[serde(default)]
+    #[schema(value_type = Option<RoutePreference>)]
+    pub(crate) route: Option<Value>,
 }
 
 /// A priority class, from the most to the least urgent.
@@ -64,6 +73,49 @@ impl From<PriorityClass> for Priority {
             PriorityClass::Ephemeral => Priority::Ephemeral,
         }
     }
+}
+
+/// How the sender wants a message routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RoutePreference {
+    /// The node chooses.
+    Auto,
+    /// Only over a direct connection to the recipient.
+    Direct,
+    /// Hop by hop through other peers.
+    Multihop,
+}
+
+impl From<Route> for RoutePreference {
+    fn from(r: Route) -> Self {
+        match r {
+            Route::Auto => Self::Auto,
+            Route::Direct => Self::Direct,
+            Route::Multihop => Self::Multihop,
+        }
+    }
+}
+
+/// Reads the optional `route` of a send request: absent or `null` is `None`
+/// (the node's default, `auto`); a string must name a [`Route`].
+fn parse_route(value: Option<&Value>) -> Result<Option<Route>, ApiError> {
+    let got = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(name)) => match name.parse::<Route>() {
+            Ok(route) => return Ok(Some(route)),
+            Err(_) => format!("{name:?}"),
+        },
+        Some(other) => other.to_string(),
+    };
+    let accepted: Vec<String> = Route::ALL.iter().map(|r| format!("\"{r}\"")).collect();
+    Err(ApiError::bad_request(
+        "invalid_route",
+        format!(
+            "`route` must be one of {} (got {got}); omit it for \"auto\", the node's choice",
+            accepted.join(", ")
+        ),
+    ))
 }
 
 /// `POST /v1/messages` answer: the message is durable in the outbox.
@@ -156,6 +208,11 @@ pub(crate) struct OutgoingView {
     pub(crate) delivered_ms: Option<u64>,
     /// Why the last attempt failed, if it did.
     pub(crate) last_error: Option<String>,
+    /// The sender's route preference.
+    pub(crate) route: RoutePreference,
+    /// Hops of the route or onion path it went along; `null` until known
+    /// (e.g. not sent yet).
+    pub(crate) hops: Option<u32>,
     /// The text (invalid UTF-8 replaced by U+FFFD).
     pub(crate) body: String,
 }
@@ -231,6 +288,8 @@ fn outgoing_view(m: OutgoingMessage) -> OutgoingView {
         next_attempt_ms: m.next_attempt_ms,
         delivered_ms: m.delivered_ms,
         last_error: m.last_error,
+        route: m.route.into(),
+        hops: m.hops,
         body: String::from_utf8_lossy(&m.body).into_owned(),
     }
 }
@@ -265,7 +324,7 @@ fn parse_peer(field: &str, value: &str) -> Result<PeerId, ApiError> {
     request_body(content = SendRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted and durable", body = SendResponse),
-        (status = 400, description = "Malformed JSON (`invalid_json`), a wrong field (`invalid_field`) or peer id (`invalid_peer_id`)", body = ErrorBody),
+        (status = 400, description = "Malformed JSON (`invalid_json`), a wrong field (`invalid_field`), peer id (`invalid_peer_id`) or route (`invalid_route`: not \"auto\", \"direct\" or \"multihop\")", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 413, description = "The request body is over the API's limit", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
@@ -293,6 +352,7 @@ pub(crate) async fn send(
     let options = SendOptions {
         ttl,
         priority: request.priority.map(Priority::from),
+        route: parse_route(request.route.as_ref())?,
     };
     let id = state
         .node

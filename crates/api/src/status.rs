@@ -101,6 +101,24 @@ pub(crate) struct Stats {
     pub(crate) dht_lookup_requests: u64,
     /// Inbound DHT requests dropped for exceeding a peer's rate.
     pub(crate) dht_inbound_rate_limited: u64,
+    /// Messages sent into the routed network as the sender.
+    pub(crate) routed_sent: u64,
+    /// Routed messages passed on as a relay.
+    pub(crate) routed_forwarded: u64,
+    /// Routed messages that reached this node as their destination.
+    pub(crate) routed_delivered: u64,
+    /// Routed messages dropped because their TTL ran out.
+    pub(crate) routed_dropped_ttl: u64,
+    /// Routed messages dropped as already seen.
+    pub(crate) routed_dropped_duplicate: u64,
+    /// Routed messages refused by relay policy.
+    pub(crate) routed_refused_policy: u64,
+    /// Routed messages with no next hop left.
+    pub(crate) routed_no_route: u64,
+    /// Routed messages malformed or not matching their envelope.
+    pub(crate) routed_malformed: u64,
+    /// Next hops that failed or refused.
+    pub(crate) routed_hop_failures: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -141,6 +159,15 @@ impl From<StatsSnapshot> for Stats {
             dht_lookups_found,
             dht_lookup_requests,
             dht_inbound_rate_limited,
+            routed_sent,
+            routed_forwarded,
+            routed_delivered,
+            routed_dropped_ttl,
+            routed_dropped_duplicate,
+            routed_refused_policy,
+            routed_no_route,
+            routed_malformed,
+            routed_hop_failures,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -174,6 +201,15 @@ impl From<StatsSnapshot> for Stats {
             dht_lookups_found,
             dht_lookup_requests,
             dht_inbound_rate_limited,
+            routed_sent,
+            routed_forwarded,
+            routed_delivered,
+            routed_dropped_ttl,
+            routed_dropped_duplicate,
+            routed_refused_policy,
+            routed_no_route,
+            routed_malformed,
+            routed_hop_failures,
             wire_bytes_in,
             wire_bytes_out,
         }

@@ -98,6 +98,28 @@ async fn errors_follow_the_contract() -> Result<()> {
         .await?;
     let message = expect_error(r, StatusCode::BAD_REQUEST, "invalid_field").await?;
     assert!(message.contains("ttl"), "{message}");
+    // Bad route: a wrong name or type; the message lists the accepted ones.
+    for route in [
+        json!("onion"),
+        json!("Direct"),
+        json!(""),
+        json!(2),
+        json!(["auto"]),
+    ] {
+        let r = post("/v1/messages")
+            .json(&json!({"to": other, "body": "x", "route": route}))
+            .send()
+            .await?;
+        let message = expect_error(r, StatusCode::BAD_REQUEST, "invalid_route").await?;
+        for name in ["\"auto\"", "\"direct\"", "\"multihop\""] {
+            assert!(message.contains(name), "{message}");
+        }
+    }
+    // Nothing was queued by the refused sends.
+    let out = a
+        .get_json("/v1/messages?direction=out", StatusCode::OK)
+        .await?;
+    assert_eq!(out["messages"], json!([]), "{out}");
     // Bad peer id.
     let r = post("/v1/messages")
         .json(&json!({"to": "not-a-peer", "body": "x"}))

@@ -118,6 +118,12 @@ async fn status_peers_send_deliver_and_list() -> Result<()> {
         assert!(delivered[key].is_u64(), "{key} in {delivered}");
     }
     assert!(delivered.get("last_attempt_ms").is_some() && delivered.get("last_error").is_some());
+    // No route asked for: `auto`; `hops` is always present (null until known).
+    assert_eq!(delivered["route"], "auto");
+    assert!(
+        delivered["hops"].is_null() || delivered["hops"].is_u64(),
+        "{delivered}"
+    );
 
     // Node 1 lists it as received.
     let inbox = b
@@ -178,6 +184,54 @@ async fn status_peers_send_deliver_and_list() -> Result<()> {
     );
     assert!(text_b.trim_end().ends_with("# EOF"));
 
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn route_is_stored_and_shown() -> Result<()> {
+    let (net, a, _b) = two_nodes().await?;
+    let peer_b = net.peer_id(1).to_base58();
+    let mut sent = Vec::new();
+    for route in [
+        json!("direct"),
+        json!("multihop"),
+        json!("auto"),
+        Value::Null,
+    ] {
+        let answer = a
+            .post_json(
+                "/v1/messages",
+                &json!({"to": peer_b, "body": format!("via {route}"), "route": route}),
+                StatusCode::ACCEPTED,
+            )
+            .await?;
+        let id = answer["id"].as_str().context("no id")?.to_owned();
+        // `null` means the default.
+        let expected = route.as_str().unwrap_or("auto").to_owned();
+        sent.push((id, expected));
+    }
+    for (id, route) in &sent {
+        let m = a
+            .get_json(&format!("/v1/messages/{id}"), StatusCode::OK)
+            .await?;
+        ensure!(m["route"] == route.as_str(), "{m}");
+        ensure!(m["hops"].is_null() || m["hops"].is_u64(), "{m}");
+    }
+    // The outbox list shows the same.
+    let outbox = a
+        .get_json("/v1/messages?direction=out", StatusCode::OK)
+        .await?;
+    for (id, route) in &sent {
+        let m = outbox["messages"]
+            .as_array()
+            .context("messages")?
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .context("not in the outbox list")?;
+        ensure!(m["route"] == route.as_str(), "{m}");
+        ensure!(m.get("hops").is_some(), "{m}");
+    }
     net.shutdown().await;
     Ok(())
 }

@@ -98,6 +98,24 @@ async fn document_is_complete_and_valid() -> Result<()> {
         );
     }
     ensure!(served["paths"]["/v1/messages"]["post"]["requestBody"].is_object());
+    let schemas = &served["components"]["schemas"];
+    ensure!(
+        schemas["SendRequest"]["properties"]["route"].is_object(),
+        "SendRequest has no route: {}",
+        schemas["SendRequest"]
+    );
+    for field in ["route", "hops"] {
+        ensure!(
+            schemas["OutgoingView"]["properties"][field].is_object(),
+            "OutgoingView has no {field}: {}",
+            schemas["OutgoingView"]
+        );
+    }
+    ensure!(
+        schemas["RoutePreference"]["enum"] == serde_json::json!(["auto", "direct", "multihop"]),
+        "RoutePreference: {}",
+        schemas["RoutePreference"]
+    );
     ensure!(served["paths"]["/v1/peers"]["post"]["requestBody"].is_object());
 
     // Validate with openapi-spec-validator.

@@ -65,11 +65,13 @@ pub(crate) async fn dht(args: DhtBenchArgs, json: bool) -> anyhow::Result<()> {
 
 fn print_round(name: &str, r: &LookupRound) {
     println!(
-        "  {name:<13} {}/{} found ({:.2}%); hops p50 {:.0} p95 {:.0} max {:.0}; \
+        "  {name:<13} {}/{} found ({:.2}%), {} from the asker's own store; \
+         over the network: hops p50 {:.0} p95 {:.0} max {:.0}, \
          requests p50 {:.0} p95 {:.0}; latency p50 {:.1} ms p99 {:.1} ms",
         r.found,
         r.lookups,
         r.success() * 100.0,
+        r.answered_locally,
         r.hops.p50,
         r.hops.p95,
         r.hops.max,

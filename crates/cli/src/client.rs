@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures::StreamExt;
+use peercomm_node::Route;
 use serde_json::{json, Value};
 
 use crate::daemon::{API_ADDR_FILE, API_TOKEN_FILE};
@@ -27,12 +28,36 @@ pub(crate) struct SendArgs {
     /// Priority class: control, interactive, group, bulk, ephemeral.
     #[arg(long)]
     priority: Option<String>,
+    /// Route preference (default: auto, the node chooses).
+    #[arg(long, value_enum, value_name = "ROUTE")]
+    route: Option<RouteArg>,
     /// Wait until the message is delivered (exit 0) or expires or fails (exit 4).
     #[arg(long)]
     wait: bool,
     /// With --wait, give up waiting after this long (exit 1); the message stays queued.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<humantime::Duration>,
+}
+
+/// `send --route`: how the message should be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RouteArg {
+    /// The node chooses.
+    Auto,
+    /// Only over a direct connection to the recipient.
+    Direct,
+    /// Hop by hop through other peers.
+    Multihop,
+}
+
+impl From<RouteArg> for Route {
+    fn from(r: RouteArg) -> Self {
+        match r {
+            RouteArg::Auto => Route::Auto,
+            RouteArg::Direct => Route::Direct,
+            RouteArg::Multihop => Route::Multihop,
+        }
+    }
 }
 
 /// Options of `peercomm inbox`.
@@ -301,6 +326,9 @@ pub(crate) async fn send(data_dir: &Path, args: &SendArgs, json: bool) -> anyhow
     if let Some(priority) = &args.priority {
         body["priority"] = json!(priority);
     }
+    if let Some(route) = args.route {
+        body["route"] = json!(Route::from(route).as_str());
+    }
     let queued = api_try!(data_dir, api.post("/v1/messages", body).await);
     let id = queued["id"]
         .as_str()
@@ -325,7 +353,12 @@ pub(crate) async fn send(data_dir: &Path, args: &SendArgs, json: bool) -> anyhow
         let state = m["state"].as_str().unwrap_or("").to_string();
         if is_terminal(&state) {
             if json {
-                print_json(&json!({ "id": id, "state": state }));
+                print_json(&json!({
+                    "id": id,
+                    "state": state,
+                    "route": m["route"],
+                    "hops": m["hops"],
+                }));
             } else {
                 println!("{id} {state}");
             }
@@ -368,6 +401,17 @@ fn print_message(m: &Value, json: bool) {
     );
 }
 
+/// `route auto, hops 2` (`hops unknown` until the node knows the path).
+fn route_line(m: &Value) -> String {
+    let hops = m["hops"]
+        .as_u64()
+        .map_or_else(|| "unknown".to_string(), |h| h.to_string());
+    format!(
+        "route {}, hops {hops}",
+        m["route"].as_str().unwrap_or(Route::default().as_str())
+    )
+}
+
 pub(crate) async fn message(data_dir: &Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let api = api_try!(data_dir, Api::locate(data_dir));
     let m = api_try!(data_dir, api.get(&format!("/v1/messages/{id}")).await);
@@ -376,6 +420,7 @@ pub(crate) async fn message(data_dir: &Path, id: &str, json: bool) -> anyhow::Re
     } else {
         print_message(&m, false);
         if m["direction"] == "out" {
+            println!("  {}", route_line(&m));
             println!(
                 "  attempts {}{}",
                 m["attempts"],
@@ -517,6 +562,28 @@ fn parse_sse(block: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_values_match_the_api_names() {
+        use clap::ValueEnum;
+        for arg in RouteArg::value_variants() {
+            let name = arg.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(name, Route::from(*arg).as_str());
+        }
+        assert_eq!(RouteArg::value_variants().len(), Route::ALL.len());
+    }
+
+    #[test]
+    fn route_line_shows_unknown_hops() {
+        assert_eq!(
+            route_line(&json!({"route": "multihop", "hops": 3})),
+            "route multihop, hops 3"
+        );
+        assert_eq!(
+            route_line(&json!({"route": "direct", "hops": null})),
+            "route direct, hops unknown"
+        );
+    }
 
     #[test]
     fn sse_blocks_parse_to_event_and_data() {

@@ -198,6 +198,10 @@ fn quickstart_two_daemons_send_and_read_with_the_cli() -> Result<()> {
         ],
     ))?;
     ensure!(sent["state"] == "delivered", "{sent}");
+    ensure!(
+        sent["route"] == "auto" && sent.get("hops").is_some(),
+        "{sent}"
+    );
     let id = sent["id"].as_str().context("id")?.to_string();
     ensure!(id.len() == 32);
 
@@ -243,14 +247,40 @@ fn quickstart_two_daemons_send_and_read_with_the_cli() -> Result<()> {
     let stats = json_of(&peercomm(&p.alice_dir, &["dht", "stats", "--json"]))?;
     ensure!(stats["routing_table_peers"].as_u64() >= Some(1), "{stats}");
 
-    // Send without waiting prints {id, state}.
+    // Send without waiting prints {id, state}; the route asked for is stored.
     let queued = json_of(&peercomm(
         &p.bob_dir,
-        &["send", &p.alice_id, "hi alice", "--json"],
+        &[
+            "send",
+            &p.alice_id,
+            "hi alice",
+            "--route",
+            "direct",
+            "--json",
+        ],
     ))?;
     ensure!(
         queued["state"] == "queued" && queued["id"].as_str().is_some(),
         "{queued}"
+    );
+    let queued_id = queued["id"].as_str().context("id")?;
+    let shown = json_of(&peercomm(&p.bob_dir, &["message", queued_id, "--json"]))?;
+    ensure!(
+        shown["route"] == "direct" && shown.get("hops").is_some(),
+        "{shown}"
+    );
+    let text = peercomm(&p.bob_dir, &["message", queued_id]);
+    ensure!(
+        String::from_utf8_lossy(&text.stdout).contains("route direct, hops "),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let refused = peercomm(&p.bob_dir, &["send", &p.alice_id, "x", "--route", "onion"]);
+    ensure!(!refused.status.success(), "--route onion was accepted");
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("multihop"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
 
     bob.stop()?;

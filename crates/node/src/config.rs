@@ -37,6 +37,88 @@ pub struct Config {
     pub api: ApiSettings,
     /// Peer discovery through the Kademlia DHT.
     pub dht: DhtConfig,
+    /// What this node does for others: `relay` (forwards routed messages
+    /// within the `routing` quotas), `mailbox` (holds messages for offline
+    /// peers). Both by default, as every Kademlia node stores records; turn
+    /// them off on a phone or a metered link. Announced in the peer record.
+    pub roles: Vec<Role>,
+    /// Multi-hop routing.
+    pub routing: RoutingConfig,
+}
+
+/// A service a node offers others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Forwards routed messages for others.
+    Relay,
+    /// Holds messages for peers that are offline.
+    Mailbox,
+}
+
+impl Config {
+    /// Whether this node offers `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+impl Role {
+    /// The name used in config and in peer records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Relay => "relay",
+            Role::Mailbox => "mailbox",
+        }
+    }
+}
+
+/// Multi-hop routing (`/peercomm/route/1.0.0`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Hops a routed message may take unless the sender says otherwise.
+    pub default_ttl: u32,
+    /// Most hops any routed message may take (a larger TTL is cut to this).
+    pub max_ttl: u32,
+    /// Routed messages forwarded per previous hop per minute (0 = no limit).
+    pub forward_per_peer_per_minute: u32,
+    /// Bytes forwarded per previous hop per minute (0 = no limit).
+    pub forward_bytes_per_peer_per_minute: u64,
+    /// Transmissions remembered by the duplicate filter.
+    pub seen_capacity: usize,
+    /// How long the duplicate filter remembers a transmission.
+    #[serde(with = "humantime_serde")]
+    pub seen_ttl: Duration,
+    /// How long a learned route is trusted without being refreshed.
+    #[serde(with = "humantime_serde")]
+    pub route_ttl: Duration,
+    /// Next hops remembered per destination.
+    pub max_routes: usize,
+    /// Next hops tried for one message before giving up on it (the
+    /// sender's retry takes over then).
+    pub max_candidates: usize,
+    /// How long a hop may take to answer (the destination's receipt
+    /// included).
+    #[serde(with = "humantime_serde")]
+    pub hop_timeout: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: 8,
+            max_ttl: 16,
+            forward_per_peer_per_minute: 600,
+            forward_bytes_per_peer_per_minute: 16 * 1024 * 1024,
+            seen_capacity: 65_536,
+            seen_ttl: Duration::from_secs(10 * 60),
+            route_ttl: Duration::from_secs(10 * 60),
+            max_routes: 4,
+            max_candidates: 4,
+            hop_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Peer discovery through the Kademlia DHT.
@@ -191,6 +273,8 @@ impl Default for Config {
             network: NetworkConfig::default(),
             api: ApiSettings::default(),
             dht: DhtConfig::default(),
+            roles: vec![Role::Relay, Role::Mailbox],
+            routing: RoutingConfig::default(),
         }
     }
 }
@@ -349,6 +433,50 @@ impl Config {
                 });
             }
         }
+        let r = &self.routing;
+        if !(1..=peercomm_wire::MAX_ROUTE_TTL).contains(&r.max_ttl) {
+            return Err(ConfigError::Value {
+                key: "routing.max_ttl",
+                problem: format!(
+                    "{} is out of range; expected 1 to {}",
+                    r.max_ttl,
+                    peercomm_wire::MAX_ROUTE_TTL
+                ),
+            });
+        }
+        if r.default_ttl == 0 || r.default_ttl > r.max_ttl {
+            return Err(ConfigError::Value {
+                key: "routing.default_ttl",
+                problem: format!(
+                    "{} must be at least 1 and at most routing.max_ttl ({})",
+                    r.default_ttl, r.max_ttl
+                ),
+            });
+        }
+        for (key, v) in [
+            ("routing.seen_capacity", r.seen_capacity),
+            ("routing.max_routes", r.max_routes),
+            ("routing.max_candidates", r.max_candidates),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: "expected at least 1".into(),
+                });
+            }
+        }
+        for (key, d) in [
+            ("routing.seen_ttl", r.seen_ttl),
+            ("routing.route_ttl", r.route_ttl),
+            ("routing.hop_timeout", r.hop_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: "expected a duration above zero".into(),
+                });
+            }
+        }
         let n = &self.network;
         if n.max_concurrent_streams == 0 {
             return Err(ConfigError::Value {
@@ -394,6 +522,11 @@ listen = [{listen}]
 # also re-joins through the peers it remembers.
 bootstrap = []
 
+# What this node does for others: "relay" forwards routed messages (within the
+# [routing] quotas), "mailbox" holds messages for offline peers. Remove either
+# on a phone or a metered link.
+roles = ["relay", "mailbox"]
+
 [delivery]
 retry_base = "{rb}"        # delay before the first retry
 retry_factor = {rf:.1}       # growth per attempt
@@ -419,6 +552,14 @@ republish_interval = "{rp}"    # re-publish our peer record
 max_peers_per_subnet = {mps}      # per bucket, per IPv4 /24 or IPv6 /48 (0 = no limit)
 max_requests_per_peer_per_minute = {mrq}  # inbound DHT requests per peer (0 = no limit)
 mode = "server"               # "client" on nodes others cannot reach
+
+[routing]
+default_ttl = {rdt}                 # hops a routed message may take
+max_ttl = {rmt}                    # cap on any routed message's TTL
+forward_per_peer_per_minute = {rfp}      # relayed messages per previous hop (0 = no limit)
+forward_bytes_per_peer_per_minute = {rfb}  # relayed bytes per previous hop (0 = no limit)
+route_ttl = "{rrt}"               # how long a learned route is trusted
+hop_timeout = "{rht}"             # how long a hop may take to answer
 "#,
         listen = d
             .listen
@@ -442,6 +583,12 @@ mode = "server"               # "client" on nodes others cannot reach
         rp = humantime::format_duration(d.dht.republish_interval),
         mps = d.dht.max_peers_per_subnet,
         mrq = d.dht.max_requests_per_peer_per_minute,
+        rdt = d.routing.default_ttl,
+        rmt = d.routing.max_ttl,
+        rfp = d.routing.forward_per_peer_per_minute,
+        rfb = d.routing.forward_bytes_per_peer_per_minute,
+        rrt = humantime::format_duration(d.routing.route_ttl),
+        rht = humantime::format_duration(d.routing.hop_timeout),
     )
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use peercomm_store::{IncomingMessage, NewOutgoing, OutgoingMessage, Store, StoreError};
+use peercomm_store::{IncomingMessage, NewOutgoing, OutgoingMessage, Route, Store, StoreError};
 use peercomm_wire::{limits::MAX_BODY_BYTES, Kind, MessageId, Priority};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -42,6 +42,10 @@ pub(crate) enum Command {
     FindPeer(PeerId, oneshot::Sender<Result<PeerRecord, FindError>>),
     /// DHT figures.
     DhtStats(oneshot::Sender<DhtStats>),
+    /// The route cache.
+    Routes(oneshot::Sender<Vec<crate::routing::RouteInfo>>),
+    /// Refuse (`true`) or allow again (`false`) connections with a peer.
+    Block(PeerId, bool),
 }
 
 /// Why `find_peer` found nothing.
@@ -89,6 +93,9 @@ pub struct SendOptions {
     pub ttl: Option<Duration>,
     /// Priority class; `interactive` when `None`.
     pub priority: Option<Priority>,
+    /// Route preference, stored with the message and shown back in
+    /// [`OutgoingMessage::route`]; [`Route::Auto`] (the node chooses) when `None`.
+    pub route: Option<Route>,
 }
 
 /// Why a message was not accepted.
@@ -267,6 +274,7 @@ impl NodeHandle {
             kind: Kind::Chat as u8,
             created_ms: now,
             expires_ms: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            route: options.route.unwrap_or_default(),
         };
         self.with_store(move |s| s.insert_outgoing(&row).map_err(SendError::from))
             .await?;
@@ -315,6 +323,18 @@ impl NodeHandle {
     pub async fn incoming(&self, id: MessageId) -> Result<Option<IncomingMessage>, QueryError> {
         self.with_store(move |s| s.get_incoming(id.as_bytes()).map_err(QueryError::from))
             .await
+    }
+
+    /// The verified peer record this node holds for `peer` (from meeting
+    /// it, or from the DHT), if any: what it needs to seal messages to it.
+    pub async fn known_record(&self, peer: PeerId) -> Result<Option<PeerRecord>, QueryError> {
+        self.with_store(move |s| {
+            let row = s.get_peer(&peer.to_base58()).map_err(QueryError::from)?;
+            // Expiry is not checked: a record once verified stays usable for
+            // its box key; its addresses are only hints.
+            Ok(row.and_then(|r| peercomm_wire::verify_record(&r.record, 0).ok()))
+        })
+        .await
     }
 
     /// The peers we are connected to.
@@ -406,6 +426,24 @@ impl NodeHandle {
         let (tx, rx) = oneshot::channel();
         self.command(Command::DhtStats(tx)).await?;
         rx.await.map_err(|_| QueryError::NodeStopped)
+    }
+
+    /// The routes this node has learned: destination, next hop, hops, RTT.
+    pub async fn routes(&self) -> Result<Vec<crate::routing::RouteInfo>, QueryError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Routes(tx)).await?;
+        rx.await.map_err(|_| QueryError::NodeStopped)
+    }
+
+    /// Refuses connections with `peer` from now on (and closes those open):
+    /// a user's block list, and how simulations cut links.
+    pub async fn block_peer(&self, peer: PeerId) -> Result<(), QueryError> {
+        self.command(Command::Block(peer, true)).await
+    }
+
+    /// Allows connections with a blocked peer again.
+    pub async fn unblock_peer(&self, peer: PeerId) -> Result<(), QueryError> {
+        self.command(Command::Block(peer, false)).await
     }
 
     /// Tells the node where a peer can be reached, without dialling it now.

@@ -27,11 +27,14 @@ pub mod identity;
 pub mod msg;
 mod node;
 mod observed;
+pub mod routing;
 mod stats;
 mod transport;
 
 pub use clock::{Clock, SystemClock, TestClock};
-pub use config::{ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode};
+pub use config::{
+    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, Role, RoutingConfig,
+};
 pub use handle::{
     ConnectedPeer, DialError, FindError, InboxQuery, NodeHandle, QueryError, SendError,
     SendOptions, Status, MAX_PAGE,
@@ -39,7 +42,7 @@ pub use handle::{
 pub use identity::{Identity, IdentityError};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Node, NodeOptions, StartError, DATABASE_FILE};
-pub use peercomm_store::{DeliveryState, IncomingMessage, OutgoingMessage};
+pub use peercomm_store::{DeliveryState, IncomingMessage, OutgoingMessage, ParseRouteError, Route};
 pub use peercomm_wire::{MessageId, PeerRecord, Priority};
 pub use stats::StatsSnapshot;
 pub use transport::WireCounters;

@@ -20,9 +20,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{allow_block_list, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use peercomm_store::{
-    AttemptUpdate, DeliveryState, NewIncoming, PeerRow, ReceiptRow, Store, UpsertOutcome,
+    AttemptUpdate, DeliveryState, NewIncoming, PeerRow, ReceiptRow, Route, Store, UpsertOutcome,
 };
 use peercomm_wire::{pb, MessageId, PeerRecord};
 use prometheus_client::registry::Registry;
@@ -32,8 +32,7 @@ use rand::SeedableRng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::config::DhtMode;
+use crate::config::{Config, DhtMode, Role};
 use crate::delivery::Backoff;
 use crate::dht::lookups::LookupLog;
 use crate::dht::ratelimit::RateLimitedKad;
@@ -44,7 +43,10 @@ use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
 use crate::identity::{Identity, IdentityError};
 use crate::msg::{FrameCodec, MSG_PROTOCOL, RECORD_PROTOCOL};
 use crate::observed::ObservedAddrs;
+use crate::routing::{Router, ROUTE_PROTOCOL};
 use crate::stats::{bump, Stats};
+
+mod route;
 use crate::transport::{Counted, WireCounters};
 use crate::NodeEvent;
 
@@ -130,11 +132,24 @@ pub struct Node {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Peers this node refuses to be connected to (`NodeHandle::block_peer`).
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     msg: request_response::Behaviour<FrameCodec>,
     record: request_response::Behaviour<FrameCodec>,
+    route: request_response::Behaviour<FrameCodec>,
     kad: RateLimitedKad,
+}
+
+/// A direct attempt awaiting its answer: enough to send it along a route
+/// at once if the recipient cannot be dialled.
+#[derive(Debug)]
+struct InFlight {
+    id: MessageId,
+    route: Route,
+    attempt: u32,
+    envelope: Vec<u8>,
 }
 
 /// One delivery attempt prepared on a blocking thread.
@@ -142,6 +157,10 @@ struct Behaviour {
 struct Attempt {
     id: MessageId,
     recipient: PeerId,
+    /// How the sender wants it to travel.
+    route: Route,
+    /// Which attempt this is (1 for the first).
+    attempt: u32,
     /// The sealed envelope, or `None` while we lack the recipient's box key.
     envelope: Option<Vec<u8>>,
     addrs: Vec<Multiaddr>,
@@ -153,6 +172,9 @@ enum Internal {
     Due {
         attempts: Vec<Attempt>,
         full: bool,
+        /// When the outbox next has something due (0: unknown, look again
+        /// at the next tick; `u64::MAX`: nothing pending).
+        next_due_ms: u64,
     },
     Respond {
         token: u64,
@@ -166,6 +188,12 @@ enum Internal {
     /// The answer to an attempt was processed (and a receipt committed).
     Answered {
         id: MessageId,
+    },
+    /// The answer to a routed message delivered here, for the hop that
+    /// brought it.
+    RouteRespond {
+        token: u64,
+        response: Vec<u8>,
     },
     Settled,
 }
@@ -299,8 +327,15 @@ impl Node {
             remotes: HashMap::new(),
             observed: ObservedAddrs::default(),
             dht: DhtState::default(),
+            route: route::RouteState::new(Router::new(
+                shared.peer_id,
+                options.config.routing.clone(),
+                options.config.has_role(Role::Relay),
+            )),
             due_dirty: true,
             due_running: false,
+            next_due_ms: 0,
+            due_checked: Instant::now(),
             shutdown: None,
         };
         event_loop.sign_record();
@@ -360,6 +395,7 @@ fn build_swarm(
         .set_publication_interval(None);
     let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
     let net = config.network.clone();
+    let routing = config.routing.clone();
     let codec = FrameCodec::counting(stats.clone());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair().clone())
         .with_tokio()
@@ -396,7 +432,11 @@ fn build_swarm(
             let rr_config = request_response::Config::default()
                 .with_request_timeout(net.request_timeout)
                 .with_max_concurrent_streams(net.max_concurrent_streams);
+            let route_config = request_response::Config::default()
+                .with_request_timeout(routing.hop_timeout)
+                .with_max_concurrent_streams(net.max_concurrent_streams);
             Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
                 identify: identify::Behaviour::new(identify::Config::new(
                     AGENT_PROTOCOL.to_string(),
                     key.public(),
@@ -408,9 +448,14 @@ fn build_swarm(
                     rr_config.clone(),
                 ),
                 record: request_response::Behaviour::with_codec(
-                    codec,
+                    codec.clone(),
                     [(RECORD_PROTOCOL, ProtocolSupport::Full)],
                     rr_config,
+                ),
+                route: request_response::Behaviour::with_codec(
+                    codec,
+                    [(ROUTE_PROTOCOL, ProtocolSupport::Full)],
+                    route_config,
                 ),
                 kad: {
                     let mut kad = kad::Behaviour::with_config(
@@ -449,7 +494,7 @@ struct EventLoop {
     record_seq: u64,
     record_signed_ms: u64,
     /// Outbound message requests awaiting their receipt.
-    in_flight: HashMap<OutboundRequestId, MessageId>,
+    in_flight: HashMap<OutboundRequestId, InFlight>,
     in_flight_ids: HashSet<MessageId>,
     /// Inbound requests whose response is being prepared in the background.
     responses: HashMap<u64, ResponseChannel<Vec<u8>>>,
@@ -465,8 +510,16 @@ struct EventLoop {
     observed: ObservedAddrs,
     due_dirty: bool,
     due_running: bool,
+    /// When the outbox next has something due, as the last round saw it;
+    /// the tick skips the store until then (anything that adds or
+    /// reschedules a message marks the outbox dirty itself).
+    next_due_ms: u64,
+    /// When a round last ran, for the safety-net look every
+    /// [`DUE_RECHECK`].
+    due_checked: Instant,
     shutdown: Option<(oneshot::Sender<()>, tokio::time::Instant)>,
     dht: DhtState,
+    route: route::RouteState,
 }
 
 /// The event loop's view of the DHT.
@@ -528,6 +581,9 @@ const RELOOKUP_AFTER: Duration = Duration::from_secs(5);
 const REBOOTSTRAP_AFTER: Duration = Duration::from_secs(10);
 /// How often the routing table's peers are saved.
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(30);
+/// The outbox is looked at this often even when nothing is due by the
+/// last round's reckoning: a safety net, not the schedule.
+const DUE_RECHECK: Duration = Duration::from_secs(30);
 /// Routing-table peers saved and re-added at start, at most.
 const MAX_SAVED_PEERS: u32 = 500;
 
@@ -629,7 +685,13 @@ impl EventLoop {
             protocol_version: peercomm_wire::limits::PROTOCOL_VERSION,
             seq: self.record_seq,
             expires_ms: now.saturating_add(ttl_ms),
-            roles: Vec::new(),
+            roles: self
+                .shared
+                .config
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
         };
         match record.sign(self.identity.keypair()) {
             Ok(bytes) => {
@@ -758,7 +820,9 @@ impl EventLoop {
     // ---- the outbox --------------------------------------------------------
 
     fn on_tick(&mut self) {
-        self.due_dirty = true;
+        if self.now_ms() >= self.next_due_ms || self.due_checked.elapsed() >= DUE_RECHECK {
+            self.due_dirty = true;
+        }
         self.dht_tick();
         let ttl_ms =
             u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -773,6 +837,7 @@ impl EventLoop {
     fn start_due_round(&mut self) {
         self.due_dirty = false;
         self.due_running = true;
+        self.due_checked = Instant::now();
         let now = self.now_ms();
         let batch = self.shared.config.delivery.batch as u32;
         let skip = self.in_flight_ids.clone();
@@ -800,6 +865,7 @@ impl EventLoop {
                     return Some(Internal::Due {
                         attempts: Vec::new(),
                         full: false,
+                        next_due_ms: 0,
                     });
                 }
             };
@@ -851,6 +917,8 @@ impl EventLoop {
                 attempts.push(Attempt {
                     id,
                     recipient,
+                    route: m.route,
+                    attempt: m.attempts + 1,
                     envelope,
                     addrs: peer
                         .map(|p| p.addrs.iter().filter_map(|a| a.parse().ok()).collect())
@@ -863,12 +931,24 @@ impl EventLoop {
                 tracing::warn!("cannot record attempts: {e}");
                 attempts.clear();
             }
-            Some(Internal::Due { attempts, full })
+            let next_due_ms = match store.next_due_ms() {
+                Ok(next) => next.unwrap_or(u64::MAX),
+                Err(e) => {
+                    tracing::warn!("cannot read when the outbox is next due: {e}");
+                    0
+                }
+            };
+            Some(Internal::Due {
+                attempts,
+                full,
+                next_due_ms,
+            })
         });
     }
 
-    fn on_due(&mut self, attempts: Vec<Attempt>, full: bool) {
+    fn on_due(&mut self, attempts: Vec<Attempt>, full: bool, next_due_ms: u64) {
         self.due_running = false;
+        self.next_due_ms = next_due_ms;
         if full {
             self.due_dirty = true;
         }
@@ -885,14 +965,27 @@ impl EventLoop {
                 }
             }
             match attempt.envelope {
+                Some(envelope) if self.goes_routed(attempt.recipient, attempt.route) => {
+                    bump(&self.shared.stats.attempts);
+                    self.in_flight_ids.insert(attempt.id);
+                    self.send_routed(attempt.id, attempt.recipient, attempt.attempt, envelope);
+                }
                 Some(envelope) => {
                     let request_id = self.swarm.behaviour_mut().msg.send_request_with_addresses(
                         &attempt.recipient,
-                        envelope,
+                        envelope.clone(),
                         addrs,
                     );
                     bump(&self.shared.stats.attempts);
-                    self.in_flight.insert(request_id, attempt.id);
+                    self.in_flight.insert(
+                        request_id,
+                        InFlight {
+                            id: attempt.id,
+                            route: attempt.route,
+                            attempt: attempt.attempt,
+                            envelope,
+                        },
+                    );
                     self.in_flight_ids.insert(attempt.id);
                 }
                 None => {
@@ -922,16 +1015,30 @@ impl EventLoop {
     }
 
     fn on_msg_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Vec<u8>) {
-        let Some(id) = self.in_flight.remove(&request_id) else {
+        let Some(flight) = self.in_flight.remove(&request_id) else {
             return;
         };
+        let response = pb::MsgResponse::decode(response.as_slice()).map_err(|e| e.to_string());
+        self.settle(peer, flight.id, response, None);
+    }
+
+    /// The recipient's answer to one of our messages (directly, or carried
+    /// back along a route of `hops` hops): a receipt makes it delivered, a
+    /// final reject makes it failed or expired.
+    fn settle(
+        &mut self,
+        peer: PeerId,
+        id: MessageId,
+        response: Result<pb::MsgResponse, String>,
+        hops: Option<u32>,
+    ) {
         // `id` stays in `in_flight_ids` until the receipt is committed, so
         // no round resends it in between.
         let now = self.now_ms();
         let stats = self.shared.stats.clone();
         let events = self.shared.events.clone();
         self.background(move |store| {
-            let response = match pb::MsgResponse::decode(response.as_slice()) {
+            let response = match response {
                 Ok(r) => r,
                 Err(e) => {
                     bump(&stats.bad_receipts);
@@ -949,6 +1056,11 @@ impl EventLoop {
                                 received_ms: info.received_ms,
                                 signed: receipt.encode_to_vec(),
                             };
+                            if let Some(hops) = hops {
+                                if let Err(e) = store.set_hops(id.as_bytes(), hops, now) {
+                                    tracing::warn!(%id, "cannot record the hop count: {e}");
+                                }
+                            }
                             match store.mark_delivered(id.as_bytes(), &row, now) {
                                 Ok(true) => {
                                     bump(&stats.delivered);
@@ -1024,7 +1136,11 @@ impl EventLoop {
     fn on_internal(&mut self, internal: Internal) {
         self.background = self.background.saturating_sub(1);
         match internal {
-            Internal::Due { attempts, full } => self.on_due(attempts, full),
+            Internal::Due {
+                attempts,
+                full,
+                next_due_ms,
+            } => self.on_due(attempts, full, next_due_ms),
             Internal::Respond { token, response } => {
                 if let Some(channel) = self.responses.remove(&token) {
                     let _ = self
@@ -1035,6 +1151,7 @@ impl EventLoop {
                 }
             }
             Internal::RecordStored { peer, addrs } => {
+                self.route.note_relays(peer, &addrs);
                 for addr in addrs {
                     self.swarm.add_peer_address(peer, addr);
                 }
@@ -1045,6 +1162,7 @@ impl EventLoop {
             Internal::Answered { id } => {
                 self.in_flight_ids.remove(&id);
             }
+            Internal::RouteRespond { token, response } => self.route_respond(token, response),
             Internal::Settled => {}
         }
     }
@@ -1079,6 +1197,15 @@ impl EventLoop {
             Command::FindPeer(peer, reply) => self.find_peer(peer, reply),
             Command::DhtStats(reply) => {
                 let _ = reply.send(self.dht_stats());
+            }
+            Command::Routes(reply) => {
+                let _ = reply.send(self.route.routes());
+            }
+            Command::Block(peer, true) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Command::Block(peer, false) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
             Command::Shutdown(reply) => {
                 if self.shutdown.is_none() {
@@ -1590,11 +1717,13 @@ impl EventLoop {
             } => {
                 self.remotes.remove(&connection_id);
                 if num_established == 0 {
+                    self.route.router.forget_peer(&peer_id);
                     self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Record(event)) => self.on_record_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Route(event)) => self.on_route_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1664,11 +1793,20 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if matches!(error, request_response::OutboundFailure::DialFailure) {
+                let unreachable = matches!(error, request_response::OutboundFailure::DialFailure);
+                if unreachable {
                     // Its addresses may have changed: ask the DHT.
                     self.lookup_unreachable(peer);
                 }
-                if let Some(id) = self.in_flight.remove(&request_id) {
+                if let Some(flight) = self.in_flight.remove(&request_id) {
+                    let id = flight.id;
+                    if unreachable && flight.route == Route::Auto && self.shutdown.is_none() {
+                        // It cannot be dialled: let the network carry it.
+                        self.route.mark_unreachable(peer);
+                        tracing::debug!(%peer, %id, "not reachable directly; routing it");
+                        self.send_routed(id, peer, flight.attempt, flight.envelope);
+                        return;
+                    }
                     self.in_flight_ids.remove(&id);
                     bump(&self.shared.stats.attempt_failures);
                     tracing::debug!(%peer, %id, "attempt failed: {error}");

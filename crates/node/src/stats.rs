@@ -67,6 +67,24 @@ pub(crate) struct Stats {
     pub(crate) dht_lookup_requests: AtomicU64,
     /// Inbound DHT requests dropped because a peer exceeded its rate.
     pub(crate) dht_inbound_rate_limited: AtomicU64,
+    /// Messages this node sent into the routed network (as the sender).
+    pub(crate) routed_sent: AtomicU64,
+    /// Routed messages this node passed on as a relay.
+    pub(crate) routed_forwarded: AtomicU64,
+    /// Routed messages that reached this node as their destination.
+    pub(crate) routed_delivered: AtomicU64,
+    /// Routed messages dropped because their TTL ran out.
+    pub(crate) routed_dropped_ttl: AtomicU64,
+    /// Routed messages dropped as already seen (duplicates, loops).
+    pub(crate) routed_dropped_duplicate: AtomicU64,
+    /// Routed messages refused by relay policy (role off, over quota).
+    pub(crate) routed_refused_policy: AtomicU64,
+    /// Routed messages with no next hop left to try.
+    pub(crate) routed_no_route: AtomicU64,
+    /// Routed messages that were malformed or did not match their envelope.
+    pub(crate) routed_malformed: AtomicU64,
+    /// Next hops that failed or refused (each is replaced by the next-best).
+    pub(crate) routed_hop_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -102,6 +120,15 @@ pub struct StatsSnapshot {
     pub dht_lookups_found: u64,
     pub dht_lookup_requests: u64,
     pub dht_inbound_rate_limited: u64,
+    pub routed_sent: u64,
+    pub routed_forwarded: u64,
+    pub routed_delivered: u64,
+    pub routed_dropped_ttl: u64,
+    pub routed_dropped_duplicate: u64,
+    pub routed_refused_policy: u64,
+    pub routed_no_route: u64,
+    pub routed_malformed: u64,
+    pub routed_hop_failures: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -224,6 +251,51 @@ impl StatsSnapshot {
                 self.dht_inbound_rate_limited,
             ),
             (
+                "peercomm_routed_sent",
+                "Messages this node sent into the routed network (as the sender).",
+                self.routed_sent,
+            ),
+            (
+                "peercomm_routed_forwarded",
+                "Routed messages this node passed on as a relay.",
+                self.routed_forwarded,
+            ),
+            (
+                "peercomm_routed_delivered",
+                "Routed messages that reached this node as their destination.",
+                self.routed_delivered,
+            ),
+            (
+                "peercomm_routed_dropped_ttl",
+                "Routed messages dropped because their TTL ran out.",
+                self.routed_dropped_ttl,
+            ),
+            (
+                "peercomm_routed_dropped_duplicate",
+                "Routed messages dropped as already seen (duplicates, loops).",
+                self.routed_dropped_duplicate,
+            ),
+            (
+                "peercomm_routed_refused_policy",
+                "Routed messages refused by relay policy (role off, over quota).",
+                self.routed_refused_policy,
+            ),
+            (
+                "peercomm_routed_no_route",
+                "Routed messages with no next hop left to try.",
+                self.routed_no_route,
+            ),
+            (
+                "peercomm_routed_malformed",
+                "Routed messages that were malformed or did not match their envelope.",
+                self.routed_malformed,
+            ),
+            (
+                "peercomm_routed_hop_failures",
+                "Next hops that failed or refused (each is replaced by the next-best).",
+                self.routed_hop_failures,
+            ),
+            (
                 "peercomm_wire_bytes_in",
                 "Bytes read from TCP sockets.",
                 self.wire_bytes_in,
@@ -296,6 +368,15 @@ impl Stats {
             dht_lookups_found: g(&self.dht_lookups_found),
             dht_lookup_requests: g(&self.dht_lookup_requests),
             dht_inbound_rate_limited: g(&self.dht_inbound_rate_limited),
+            routed_sent: g(&self.routed_sent),
+            routed_forwarded: g(&self.routed_forwarded),
+            routed_delivered: g(&self.routed_delivered),
+            routed_dropped_ttl: g(&self.routed_dropped_ttl),
+            routed_dropped_duplicate: g(&self.routed_dropped_duplicate),
+            routed_refused_policy: g(&self.routed_refused_policy),
+            routed_no_route: g(&self.routed_no_route),
+            routed_malformed: g(&self.routed_malformed),
+            routed_hop_failures: g(&self.routed_hop_failures),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

@@ -200,6 +200,7 @@ async fn a_message_to_an_absent_peer_expires() -> Result<()> {
             SendOptions {
                 ttl: Some(Duration::from_secs(3600)),
                 priority: None,
+                route: None,
             },
         )
         .await?;
@@ -244,6 +245,7 @@ async fn send_refuses_bad_input_with_a_reason() -> Result<()> {
             SendOptions {
                 ttl: Some(Duration::from_secs(365 * 86400)),
                 priority: None,
+                route: None,
             },
         )
         .await

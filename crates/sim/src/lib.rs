@@ -275,6 +275,40 @@ impl SimNet {
             })
     }
 
+    /// Cuts the link between nodes `a` and `b`: each refuses connections
+    /// with the other (open ones close), as a firewall or NAT would. Lasts
+    /// until [`SimNet::heal`] or a restart.
+    pub async fn cut(&self, a: usize, b: usize) -> Result<(), SimError> {
+        for (me, other) in [(a, b), (b, a)] {
+            if let Some(handle) = self.try_handle(me) {
+                handle
+                    .block_peer(self.peer_id(other))
+                    .await
+                    .map_err(|e| SimError::Node {
+                        index: me,
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores a link [`SimNet::cut`] cut.
+    pub async fn heal(&self, a: usize, b: usize) -> Result<(), SimError> {
+        for (me, other) in [(a, b), (b, a)] {
+            if let Some(handle) = self.try_handle(me) {
+                handle
+                    .unblock_peer(self.peer_id(other))
+                    .await
+                    .map_err(|e| SimError::Node {
+                        index: me,
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Tells every running node where every other node listens, without
     /// connecting (connections are made when messages need them).
     pub async fn introduce_all(&self) -> Result<(), SimError> {

@@ -86,10 +86,14 @@ pub struct LookupRound {
     pub lookups: usize,
     /// Of those, how many returned the right, verified record.
     pub found: usize,
-    /// Kademlia requests each lookup sent.
+    /// Of those found, how many the asker answered from its own record
+    /// store (it was one of the record's holders) without a request.
+    pub answered_locally: usize,
+    /// Kademlia requests each lookup that went to the network sent.
     pub requests: Spread,
-    /// Hops: lookup rounds of `alpha` parallel requests (requests / alpha,
-    /// rounded up), the figure the Kademlia bound speaks of.
+    /// Hops of the lookups that went to the network: rounds of `alpha`
+    /// parallel requests (requests / alpha, rounded up), the figure the
+    /// Kademlia bound speaks of.
     pub hops: Spread,
     /// Lookup latency in milliseconds.
     pub latency_ms: Spread,
@@ -315,11 +319,15 @@ async fn lookup_round(
         round.lookups += 1;
         if found {
             round.found += 1;
-            requests.push(sent);
-            // A record the asker holds itself (it is one of the k closest)
-            // takes no request: zero hops.
-            hops.push((sent / alpha.max(1) as f64).ceil());
             latency.push(ms);
+            // A record the asker holds itself takes no request; such
+            // answers are counted apart so they do not flatter the hops.
+            if sent == 0.0 {
+                round.answered_locally += 1;
+                continue;
+            }
+            requests.push(sent);
+            hops.push((sent / alpha.max(1) as f64).ceil());
         }
     }
     round.requests = Spread::of(&requests);

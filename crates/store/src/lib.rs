@@ -1,7 +1,7 @@
 //! peercomm store: the node's SQLite database.
 //!
 //! One [`Store`] owns one connection. It holds the outbox (messages this node sends, with their
-//! delivery state and retry schedule), the inbox (messages received, deduplicated), known peers
+//! delivery state, retry schedule and [`Route`] preference), the inbox (messages received, deduplicated), known peers
 //! (their signed records) and delivery receipts. Every write runs in a transaction that is
 //! committed before the call returns, with `synchronous=FULL`, so an accepted message survives a
 //! crash. Calls are synchronous; the node runs them on a blocking thread behind a mutex.
@@ -16,6 +16,7 @@ mod migrations;
 mod outbox;
 mod peers;
 mod receipts;
+mod route;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use migrations::LATEST_VERSION;
 pub use outbox::{AttemptUpdate, DeliveryState, NewOutgoing, OutgoingMessage, ParseStateError};
 pub use peers::{PeerRow, UpsertOutcome};
 pub use receipts::ReceiptRow;
+pub use route::{ParseRouteError, Route};
 
 use error::sql;
 

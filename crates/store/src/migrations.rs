@@ -23,7 +23,8 @@ pub(crate) struct Migration {
 }
 
 // Implementation notes: never edit a released migration; add a new one. The state list in the
-// CHECK constraint must match `DeliveryState::ALL`; a test checks that every state round-trips.
+// CHECK constraint must match `DeliveryState::ALL`, and the route list `Route::ALL`; tests check
+// that every state and every route round-trips.
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -125,10 +126,18 @@ CREATE TABLE dht_peers (
 ) WITHOUT ROWID;
 ",
     },
+    Migration {
+        version: 5,
+        name: "20261126030000_outbox_route",
+        sql: "
+ALTER TABLE outbox ADD COLUMN route TEXT NOT NULL DEFAULT 'auto'
+    CHECK (route IN ('auto','direct','multihop'));
+",
+    },
 ];
 
 /// The highest schema version this build knows.
-pub const LATEST_VERSION: u32 = 4;
+pub const LATEST_VERSION: u32 = 5;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
@@ -274,6 +283,45 @@ mod tests {
         assert_eq!(migrate_to(&mut conn, &MIGRATIONS[..1]).unwrap(), 1);
         assert_eq!(migrate(&mut conn).unwrap(), LATEST_VERSION);
         assert_eq!(history(&conn).len(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn outbox_route_applies_to_a_version_4_database_with_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.name.ends_with("_outbox_route"))
+            .unwrap();
+        assert_eq!(MIGRATIONS[before].version, 5);
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            assert_eq!(migrate_to(&mut conn, &MIGRATIONS[..before]).unwrap(), 4);
+            conn.execute(
+                "INSERT INTO outbox (id, recipient, body, priority, kind, created_ms, expires_ms, \
+                 state, next_attempt_ms, updated_ms, hops) \
+                 VALUES (?1, 'bob', x'00', 1, 1, 10, 20, 'routed', 10, 10, 3)",
+                [[7u8; 16]],
+            )
+            .unwrap();
+        }
+        // Opening with this build migrates; the old row reads back as `auto`.
+        let mut store = crate::Store::open(&path).unwrap();
+        assert_eq!(store.schema_version(), LATEST_VERSION);
+        let old = store.get_outgoing(&[7; 16]).unwrap().unwrap();
+        assert_eq!(
+            (old.route, old.hops, old.state),
+            (crate::Route::Auto, Some(3), crate::DeliveryState::Routed)
+        );
+        assert_eq!(history(&store.conn).len(), MIGRATIONS.len());
+        // The CHECK constraint holds on the new column.
+        let bad = store
+            .conn
+            .execute("UPDATE outbox SET route = 'onion'", [])
+            .map(|_| ());
+        assert!(bad.is_err(), "route 'onion' passed the CHECK constraint");
+        store.set_hops(&[7; 16], 4, 30).unwrap();
+        assert_eq!(store.get_outgoing(&[7; 16]).unwrap().unwrap().hops, Some(4));
     }
 
     #[test]

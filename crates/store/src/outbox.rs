@@ -14,7 +14,7 @@ use rusqlite::{params, OptionalExtension, Row, ToSql};
 
 use crate::error::{sql, StoreError};
 use crate::receipts::ReceiptRow;
-use crate::{page, Store};
+use crate::{page, Route, Store};
 
 /// Where an outgoing message is on its way to the recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +127,8 @@ pub struct NewOutgoing {
     pub created_ms: u64,
     /// Expiry time, ms since the Unix epoch.
     pub expires_ms: u64,
+    /// How the sender wants it routed.
+    pub route: Route,
 }
 
 /// A message in the outbox with its delivery progress.
@@ -166,13 +168,15 @@ pub struct OutgoingMessage {
     pub hops: Option<u32>,
     /// Mailboxes holding a replica, if deposited.
     pub replicas: Option<u32>,
+    /// How the sender wants it routed.
+    pub route: Route,
 }
 
 macro_rules! select_outgoing {
     () => {
         "SELECT seq, id, recipient, body, priority, kind, created_ms, expires_ms, state, \
          attempts, last_attempt_ms, next_attempt_ms, last_error, envelope, delivered_ms, \
-         updated_ms, hops, replicas FROM outbox "
+         updated_ms, hops, replicas, route FROM outbox "
     };
 }
 
@@ -198,6 +202,7 @@ fn outgoing_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, OutgoingMessage)> {
             updated_ms: r.get(15)?,
             hops: r.get(16)?,
             replicas: r.get(17)?,
+            route: r.get(18)?,
         },
     ))
 }
@@ -212,8 +217,8 @@ impl Store {
         let inserted = tx
             .prepare_cached(
                 "INSERT INTO outbox (id, recipient, body, priority, kind, created_ms, expires_ms, \
-                 state, attempts, next_attempt_ms, updated_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?6, ?6) \
+                 state, attempts, next_attempt_ms, updated_ms, route) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?6, ?6, ?9) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .and_then(|mut s| {
@@ -226,6 +231,7 @@ impl Store {
                     m.created_ms,
                     m.expires_ms,
                     DeliveryState::Queued,
+                    m.route,
                 ])
             })
             .map_err(sql(OP))?;
@@ -594,6 +600,7 @@ mod tests {
             kind: 1,
             created_ms,
             expires_ms: created_ms + 1_000,
+            route: Route::Auto,
         }
     }
 
@@ -638,6 +645,47 @@ mod tests {
         }
         let bad = store.conn.execute("UPDATE outbox SET state = 'lost'", []);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn every_route_round_trips_through_insert_and_every_read() {
+        let mut store = Store::open_in_memory().unwrap();
+        for (n, route) in Route::ALL.into_iter().enumerate() {
+            let mut m = msg(n as u8, "bob", 0, 10);
+            m.route = route;
+            store.insert_outgoing(&m).unwrap();
+            assert_eq!(store.get_outgoing(&m.id).unwrap().unwrap().route, route);
+        }
+        let routes = |v: Vec<OutgoingMessage>| v.into_iter().map(|m| m.route).collect::<Vec<_>>();
+        assert_eq!(routes(store.due_outgoing(10, 10).unwrap()), Route::ALL);
+        assert_eq!(
+            routes(store.pending_for_recipient("bob", 10).unwrap()),
+            Route::ALL
+        );
+        let listed = store.list_outgoing(None, None, 10).unwrap();
+        assert_eq!(
+            routes(listed.into_iter().map(|(_, m)| m).collect()),
+            Route::ALL
+        );
+        let bad = store.conn.execute("UPDATE outbox SET route = 'Direct'", []);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn set_hops_records_the_hop_count_and_refuses_unknown_ids() {
+        let mut store = Store::open_in_memory().unwrap();
+        let m = msg(1, "bob", 0, 100);
+        store.insert_outgoing(&m).unwrap();
+        assert_eq!(store.get_outgoing(&m.id).unwrap().unwrap().hops, None);
+        store.set_hops(&m.id, 2, 120).unwrap();
+        let got = store.get_outgoing(&m.id).unwrap().unwrap();
+        assert_eq!((got.hops, got.updated_ms), (Some(2), 120));
+        store.set_hops(&m.id, 5, 130).unwrap();
+        assert_eq!(store.get_outgoing(&m.id).unwrap().unwrap().hops, Some(5));
+        assert!(matches!(
+            store.set_hops(&[9; 16], 1, 140),
+            Err(StoreError::NotFound { id }) if id == [9; 16]
+        ));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use peercomm_store::{
-    DeliveryState, NewIncoming, NewOutgoing, OpenError, PeerRow, ReceiptRow, Store, StoreError,
-    UpsertOutcome, LATEST_VERSION, MAX_PAGE,
+    DeliveryState, NewIncoming, NewOutgoing, OpenError, PeerRow, ReceiptRow, Route, Store,
+    StoreError, UpsertOutcome, LATEST_VERSION, MAX_PAGE,
 };
 use proptest::prelude::*;
 
@@ -22,6 +22,7 @@ fn outgoing(n: u32, recipient: &str, priority: u8, created_ms: u64) -> NewOutgoi
         kind: 0,
         created_ms,
         expires_ms: created_ms + 60_000,
+        route: Route::Auto,
     }
 }
 
@@ -110,6 +111,21 @@ fn accepted_message_survives_drop_without_close() {
     let got = store.get_outgoing(&m.id).unwrap().unwrap();
     assert_eq!(got.state, DeliveryState::Queued);
     assert_eq!(got.body, m.body);
+}
+
+#[test]
+fn route_and_hops_survive_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.db");
+    let mut m = outgoing(3, "bob", 0, 1_000);
+    m.route = Route::Multihop;
+    let mut store = Store::open(&path).unwrap();
+    store.insert_outgoing(&m).unwrap();
+    store.set_hops(&m.id, 3, 1_100).unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    let got = store.get_outgoing(&m.id).unwrap().unwrap();
+    assert_eq!((got.route, got.hops), (Route::Multihop, Some(3)));
 }
 
 #[test]
@@ -440,6 +456,7 @@ fn record_attempts_updates_a_whole_round_in_one_transaction() {
                 kind: 1,
                 created_ms: 1_000,
                 expires_ms: 100_000,
+                route: Route::Direct,
             })
             .unwrap();
     }

@@ -17,6 +17,7 @@ pub mod limits;
 mod receipt;
 mod record;
 mod response;
+mod route;
 #[cfg(test)]
 mod test_keys;
 
@@ -41,6 +42,7 @@ pub use receipt::{
 };
 pub use record::{verify_record, PeerRecord};
 pub use response::MsgResponse;
+pub use route::{RouteResponse, Routed, MAX_ROUTE_TTL};
 
 /// Re-exported so callers name the same `PeerId` and `Keypair` types this crate uses.
 pub use libp2p_identity::{Keypair, PeerId};

@@ -36,6 +36,11 @@ impl MsgResponse {
 
     /// Encodes the response as a `MsgResponse` protobuf.
     pub fn encode(&self) -> Vec<u8> {
+        self.to_pb().encode_to_vec()
+    }
+
+    /// The response as its protobuf message.
+    pub fn to_pb(&self) -> pb::MsgResponse {
         let result = match self {
             Self::Receipt(receipt) => msg_response::Result::Receipt(receipt.clone()),
             Self::Reject { code, reason } => msg_response::Result::Reject(pb::Reject {
@@ -46,7 +51,6 @@ impl MsgResponse {
         pb::MsgResponse {
             result: Some(result),
         }
-        .encode_to_vec()
     }
 
     /// Decodes a `MsgResponse` protobuf, checking sizes.
@@ -60,6 +64,11 @@ impl MsgResponse {
         }
         let response = pb::MsgResponse::decode(bytes)
             .map_err(|e| ResponseError::Malformed(format!("response: {e}")))?;
+        Self::from_pb(response)
+    }
+
+    /// Checks a decoded `MsgResponse` protobuf (sizes, a result set).
+    pub fn from_pb(response: pb::MsgResponse) -> Result<Self, ResponseError> {
         match response.result {
             Some(msg_response::Result::Receipt(receipt)) => {
                 let len = receipt.encoded_len();

@@ -1,0 +1,342 @@
+//! Multi-hop routing between real nodes over loopback TCP, with links cut
+//! by connection gating: messages cross 3+ hops, receipts come back, routes
+//! are learned both ways, a failed next hop is replaced, TTL and relay
+//! policy hold.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use libp2p::kad::KBucketKey;
+use peercomm_node::{
+    Config, DeliveryState, MessageId, NodeHandle, OutgoingMessage, PeerId, Route, SendOptions,
+};
+use peercomm_sim::{test_config, wait_until, SimNet, SimOptions, Topology};
+
+async fn message(handle: &NodeHandle, id: MessageId) -> Option<OutgoingMessage> {
+    handle.message_state(id).await.ok().flatten()
+}
+
+async fn wait_state(
+    handle: &NodeHandle,
+    id: MessageId,
+    want: DeliveryState,
+    within: Duration,
+) -> Result<OutgoingMessage> {
+    let h = handle.clone();
+    wait_until(within, &format!("message {id} {want:?}"), || {
+        let h = h.clone();
+        async move { message(&h, id).await.is_some_and(|m| m.state == want) }
+    })
+    .await?;
+    message(handle, id).await.context("message vanished")
+}
+
+/// The nodes of `net` ordered so that each is XOR-closer to the last one
+/// than the one before it: greedy forwarding along the order works.
+fn greedy_line(net: &SimNet, destination: usize) -> Vec<usize> {
+    let target = KBucketKey::from(net.peer_id(destination));
+    let mut others: Vec<usize> = (0..net.len()).filter(|i| *i != destination).collect();
+    others.sort_by_key(|i| std::cmp::Reverse(KBucketKey::from(net.peer_id(*i)).distance(&target)));
+    others.push(destination);
+    others
+}
+
+/// Cuts every link but those between neighbours of `line`.
+async fn keep_only_line(net: &SimNet, line: &[usize]) -> Result<()> {
+    for (a_pos, a) in line.iter().enumerate() {
+        for b in line.iter().skip(a_pos + 2) {
+            net.cut(*a, *b).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until each neighbour pair of `line` is connected (the full mesh
+/// they started in) and nobody else is.
+async fn wait_line(net: &SimNet, line: &[usize]) -> Result<()> {
+    for pair in line.windows(2) {
+        net.connect(pair[0], pair[1]).await.ok();
+    }
+    let handles: Vec<(NodeHandle, Vec<PeerId>)> = line
+        .iter()
+        .enumerate()
+        .map(|(pos, i)| {
+            let mut want = Vec::new();
+            if pos > 0 {
+                want.push(net.peer_id(line[pos - 1]));
+            }
+            if pos + 1 < line.len() {
+                want.push(net.peer_id(line[pos + 1]));
+            }
+            (net.handle(*i).clone(), want)
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "only the line's links", || {
+        let handles = handles.clone();
+        async move {
+            for (h, want) in handles {
+                let Ok(peers) = h.peers().await else {
+                    return false;
+                };
+                let mut got: Vec<PeerId> = peers.iter().map(|p| p.peer_id).collect();
+                got.sort();
+                let mut want = want;
+                want.sort();
+                if got != want {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+fn routed_options(ttl: Option<u32>) -> (SimOptions, Config) {
+    let mut config = test_config();
+    if let Some(ttl) = ttl {
+        config.routing.default_ttl = ttl;
+    }
+    let mut options = SimOptions::new(5, Topology::FullMesh);
+    options.config = config.clone();
+    (options, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_four_hops_and_receipts_and_routes_come_back() -> Result<()> {
+    let (options, _) = routed_options(None);
+    let net = SimNet::start(options).await?;
+    // Everyone met everyone (records exchanged), then the links went down:
+    // only a line of five remains.
+    let line = greedy_line(&net, 4);
+    let (a, e) = (line[0], line[4]);
+    wait_until(Duration::from_secs(20), "records exchanged", || {
+        let h = net.handle(a).clone();
+        let peer = net.peer_id(e);
+        async move { h.known_record(peer).await.ok().flatten().is_some() }
+    })
+    .await?;
+    keep_only_line(&net, &line).await?;
+    wait_line(&net, &line).await?;
+
+    // A cannot dial E: the message goes along the line by itself.
+    let id = net
+        .handle(a)
+        .send(
+            net.peer_id(e),
+            b"four hops".to_vec(),
+            SendOptions::default(),
+        )
+        .await?;
+    let done = wait_state(
+        net.handle(a),
+        id,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(done.hops == Some(4), "hops recorded: {:?}", done.hops);
+    let inbox = net.handle(e).inbox(Default::default()).await?;
+    ensure!(
+        inbox.iter().any(|m| m.body == b"four hops"),
+        "E holds the message"
+    );
+    for relay in &line[1..4] {
+        let s = net.handle(*relay).stats();
+        ensure!(s.routed_forwarded >= 1, "relay {relay} forwarded: {s:?}");
+        ensure!(s.received == 0, "a relay stored nothing for itself");
+    }
+    ensure!(net.handle(e).stats().routed_delivered >= 1);
+
+    // A learned the way to E from the receipt that came back.
+    let routes = net.handle(a).routes().await?;
+    let to_e = routes
+        .iter()
+        .find(|r| r.destination == net.peer_id(e))
+        .context("A has a route to E")?;
+    ensure!(
+        to_e.next_hop == net.peer_id(line[1]) && to_e.hops == 4,
+        "{to_e:?}"
+    );
+
+    // E answers along the reverse path it learned.
+    let reply = net
+        .handle(e)
+        .send(net.peer_id(a), b"and back".to_vec(), SendOptions::default())
+        .await?;
+    let back = wait_state(
+        net.handle(e),
+        reply,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(back.hops == Some(4), "reply hops {:?}", back.hops);
+
+    // Asked for explicitly: routed, even where a direct link exists.
+    let explicit = net
+        .handle(line[1])
+        .send(
+            net.peer_id(line[2]),
+            b"by request".to_vec(),
+            SendOptions {
+                route: Some(Route::Multihop),
+                ..SendOptions::default()
+            },
+        )
+        .await?;
+    let m = wait_state(
+        net.handle(line[1]),
+        explicit,
+        DeliveryState::Delivered,
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure!(m.hops == Some(1) && m.route == Route::Multihop, "{m:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_next_hop_is_replaced_by_the_next_best() -> Result<()> {
+    let mut options = SimOptions::new(4, Topology::FullMesh);
+    options.config = test_config();
+    let mut net = SimNet::start(options).await?;
+    // A diamond: A - {B, C} - D, with A-D and B-C cut; A is the farthest
+    // from D, so both B and C are greedy choices.
+    let order = greedy_line(&net, 3);
+    let (a, b, c, d) = (order[0], order[1], order[2], order[3]);
+    wait_until(Duration::from_secs(20), "records exchanged", || {
+        let h = net.handle(a).clone();
+        let peer = net.peer_id(d);
+        async move { h.known_record(peer).await.ok().flatten().is_some() }
+    })
+    .await?;
+    net.cut(a, d).await?;
+    net.cut(b, c).await?;
+    for (x, y) in [(a, b), (a, c), (b, d), (c, d)] {
+        net.connect(x, y).await.ok();
+    }
+
+    let first = net
+        .handle(a)
+        .send(net.peer_id(d), b"first".to_vec(), SendOptions::default())
+        .await?;
+    wait_state(
+        net.handle(a),
+        first,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let via = net
+        .handle(a)
+        .routes()
+        .await?
+        .into_iter()
+        .find(|r| r.destination == net.peer_id(d))
+        .context("a route to D")?
+        .next_hop;
+    let (gone, other) = if via == net.peer_id(b) {
+        (b, c)
+    } else {
+        (c, b)
+    };
+
+    // The relay A learned goes away abruptly; the next message still
+    // arrives, through the other one, and the dead route is dropped.
+    net.kill(gone)?;
+    let second = net
+        .handle(a)
+        .send(net.peer_id(d), b"second".to_vec(), SendOptions::default())
+        .await?;
+    let m = wait_state(
+        net.handle(a),
+        second,
+        DeliveryState::Delivered,
+        Duration::from_secs(90),
+    )
+    .await?;
+    ensure!(m.hops == Some(2), "hops {:?}", m.hops);
+    let routes = net.handle(a).routes().await?;
+    ensure!(
+        routes
+            .iter()
+            .filter(|r| r.destination == net.peer_id(d))
+            .all(|r| r.next_hop == net.peer_id(other)),
+        "only the live relay is left: {routes:?}"
+    );
+    ensure!(net.handle(a).stats().routed_hop_failures >= 1);
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_and_relay_policy_stop_messages_and_are_counted() -> Result<()> {
+    // TTL 3 cannot cover four hops: the fourth node drops it.
+    let (options, _) = routed_options(Some(3));
+    let mut net = SimNet::start(options).await?;
+    let line = greedy_line(&net, 4);
+    let (a, e) = (line[0], line[4]);
+    wait_until(Duration::from_secs(20), "records exchanged", || {
+        let h = net.handle(a).clone();
+        let peer = net.peer_id(e);
+        async move { h.known_record(peer).await.ok().flatten().is_some() }
+    })
+    .await?;
+    keep_only_line(&net, &line).await?;
+    wait_line(&net, &line).await?;
+    let id = net
+        .handle(a)
+        .send(net.peer_id(e), b"too far".to_vec(), SendOptions::default())
+        .await?;
+    let dropped_at = net.handle(line[3]).clone();
+    wait_until(Duration::from_secs(30), "the TTL drop", || {
+        let h = dropped_at.clone();
+        async move { h.stats().routed_dropped_ttl >= 1 }
+    })
+    .await?;
+    let m = message(net.handle(a), id).await.context("the message")?;
+    ensure!(m.state != DeliveryState::Delivered, "{m:?}");
+    ensure!(
+        m.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no route")),
+        "the sender sees why: {:?}",
+        m.last_error
+    );
+    ensure!(net.handle(e).stats().received == 0);
+
+    // A node without the relay role refuses to forward, and says so.
+    let middle = line[2];
+    net.config_mut(middle).roles.clear();
+    net.config_mut(middle).routing.default_ttl = 8;
+    net.stop(middle).await?;
+    net.restart(middle).await?;
+    keep_only_line(&net, &line).await?;
+    wait_line(&net, &line).await?;
+    let id = net
+        .handle(line[1])
+        .send(
+            net.peer_id(e),
+            b"through a non-relay".to_vec(),
+            SendOptions {
+                route: Some(Route::Multihop),
+                ..SendOptions::default()
+            },
+        )
+        .await?;
+    let refuser = net.handle(middle).clone();
+    wait_until(Duration::from_secs(30), "the policy refusal", || {
+        let h = refuser.clone();
+        async move { h.stats().routed_refused_policy >= 1 }
+    })
+    .await?;
+    let m = message(net.handle(line[1]), id)
+        .await
+        .context("the message")?;
+    ensure!(m.state != DeliveryState::Delivered, "{m:?}");
+    net.shutdown().await;
+    Ok(())
+}
