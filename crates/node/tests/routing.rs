@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use libp2p::kad::KBucketKey;
 use peercomm_node::{
-    Config, DeliveryState, MessageId, NodeHandle, OutgoingMessage, PeerId, Route, SendOptions,
+    Config, DeliveryState, MessageId, Multiaddr, NodeEvent, NodeHandle, OutgoingMessage, PeerId,
+    Route, SendOptions,
 };
 use peercomm_sim::{test_config, wait_until, SimNet, SimOptions, Topology};
 
@@ -121,6 +122,7 @@ async fn messages_cross_four_hops_and_receipts_and_routes_come_back() -> Result<
     wait_line(&net, &line).await?;
 
     // A cannot dial E: the message goes along the line by itself.
+    let mut events = net.handle(a).subscribe();
     let id = net
         .handle(a)
         .send(
@@ -137,6 +139,18 @@ async fn messages_cross_four_hops_and_receipts_and_routes_come_back() -> Result<
     )
     .await?;
     ensure!(done.hops == Some(4), "hops recorded: {:?}", done.hops);
+    let mut states = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let NodeEvent::MessageState { id: of, state } = event {
+            if of == id {
+                states.push(state);
+            }
+        }
+    }
+    ensure!(
+        states.contains(&DeliveryState::Routed) && states.last() == Some(&DeliveryState::Delivered),
+        "the sender saw it routed, then delivered: {states:?}"
+    );
     let inbox = net.handle(e).inbox(Default::default()).await?;
     ensure!(
         inbox.iter().any(|m| m.body == b"four hops"),
@@ -297,15 +311,20 @@ async fn ttl_and_relay_policy_stop_messages_and_are_counted() -> Result<()> {
         async move { h.stats().routed_dropped_ttl >= 1 }
     })
     .await?;
+    // The refusal travels back to the sender, who notes why.
+    let sender = net.handle(a).clone();
+    wait_until(Duration::from_secs(30), "the sender to see why", || {
+        let h = sender.clone();
+        async move {
+            message(&h, id)
+                .await
+                .and_then(|m| m.last_error)
+                .is_some_and(|e| e.contains("no route"))
+        }
+    })
+    .await?;
     let m = message(net.handle(a), id).await.context("the message")?;
     ensure!(m.state != DeliveryState::Delivered, "{m:?}");
-    ensure!(
-        m.last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("no route")),
-        "the sender sees why: {:?}",
-        m.last_error
-    );
     ensure!(net.handle(e).stats().received == 0);
 
     // A node without the relay role refuses to forward, and says so.
@@ -337,6 +356,66 @@ async fn ttl_and_relay_policy_stop_messages_and_are_counted() -> Result<()> {
         .await
         .context("the message")?;
     ensure!(m.state != DeliveryState::Delivered, "{m:?}");
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_a_record_names_carries_the_message() -> Result<()> {
+    let mut options = SimOptions::new(3, Topology::Isolated);
+    options.config = test_config();
+    let mut net = SimNet::start(options).await?;
+    // R is the farthest from E, so greed alone would never pick it: only
+    // E's record, which names R as its relay, leads A there.
+    let order = greedy_line(&net, 2);
+    let (r, a, e) = (order[0], order[1], order[2]);
+    let circuit: Multiaddr = format!(
+        "{}/p2p/{}/p2p-circuit/p2p/{}",
+        net.addr(r),
+        net.peer_id(r),
+        net.peer_id(e)
+    )
+    .parse()?;
+    net.config_mut(e).network.external_addrs = vec![circuit];
+    net.stop(e).await?;
+    net.restart(e).await?;
+    net.connect(a, e).await?;
+    wait_until(Duration::from_secs(20), "E's record at A", || {
+        let h = net.handle(a).clone();
+        let peer = net.peer_id(e);
+        async move {
+            h.known_record(peer)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|rec| {
+                    rec.addrs
+                        .iter()
+                        .any(|x| x.to_string().contains("p2p-circuit"))
+                })
+        }
+    })
+    .await?;
+    net.cut(a, e).await?;
+    net.connect(a, r).await?;
+    net.connect(r, e).await?;
+    let id = net
+        .handle(a)
+        .send(
+            net.peer_id(e),
+            b"via your relay".to_vec(),
+            SendOptions::default(),
+        )
+        .await?;
+    let m = wait_state(
+        net.handle(a),
+        id,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(m.hops == Some(2), "hops {:?}", m.hops);
+    ensure!(net.handle(r).stats().routed_forwarded >= 1);
     net.shutdown().await;
     Ok(())
 }
