@@ -162,6 +162,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stats: Vec<_> = (0..net.len()).map(|i| net.handle(i).stats()).collect();
     let wire_after: u64 = stats.iter().map(|s| s.wire_bytes_out).sum();
     let wire = wire_after.saturating_sub(wire_before);
+    let routed = multihop(&net, &mut rng).await?;
     let duplicates_delivered = received.values().filter(|n| **n > 1).count();
     let retransmits_deduplicated: u64 = stats.iter().map(|s| s.duplicates).sum();
     let rejected: u64 = stats.iter().map(|s| s.rejected_total()).sum();
@@ -225,6 +226,17 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "dht: lookup latency p99 (ms)",
         format!("{:.1}", dht.latency_p99),
     );
+    row("multihop: sent (direct link cut)", routed.sent.to_string());
+    row(
+        "multihop: delivered (receipt)",
+        routed.delivered.to_string(),
+    );
+    row("multihop: hops p50", format!("{:.0}", routed.hops_p50));
+    row("multihop: hops max", format!("{:.0}", routed.hops_max));
+    row(
+        "multihop: latency p50 (ms)",
+        format!("{:.1}", routed.latency_p50),
+    );
     row("bytes on the wire (TCP, out)", wire.to_string());
     row(
         "bytes on the wire per message",
@@ -240,6 +252,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             dht.lookups
         );
     }
+    if routed.delivered < routed.sent {
+        bail!(
+            "{} of {} multi-hop messages were not delivered",
+            routed.sent - routed.delivered,
+            routed.sent
+        );
+    }
     if lost > 0 || duplicates_delivered > 0 || arrived_once != args.messages {
         bail!(
             "{lost} message(s) lost, {duplicates_delivered} delivered twice, {} arrived exactly once of {}",
@@ -249,6 +268,85 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("all {} messages delivered exactly once", args.messages);
     Ok(())
+}
+
+/// Multi-hop figures.
+struct MultihopFigures {
+    sent: usize,
+    delivered: usize,
+    hops_p50: f64,
+    hops_max: f64,
+    latency_p50: f64,
+}
+
+/// Cuts the direct link of random pairs and sends across each: the sender
+/// cannot dial, so the message goes hop by hop and its receipt comes back
+/// the same way. The links are restored afterwards.
+async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<MultihopFigures> {
+    const MESSAGES: usize = 20;
+    let mut pairs = Vec::with_capacity(MESSAGES);
+    for _ in 0..MESSAGES {
+        let from = rng.gen_range(0..net.len());
+        let mut to = rng.gen_range(0..net.len() - 1);
+        if to >= from {
+            to += 1;
+        }
+        net.cut(from, to).await?;
+        pairs.push((from, to));
+    }
+    let mut sent = Vec::with_capacity(MESSAGES);
+    for (from, to) in &pairs {
+        let id = net
+            .handle(*from)
+            .send(
+                net.peer_id(*to),
+                b"hop by hop".to_vec(),
+                SendOptions::default(),
+            )
+            .await
+            .context("send")?;
+        sent.push((*from, id));
+    }
+    let mut hops = Vec::new();
+    let mut latency = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending = sent;
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut left = Vec::new();
+        for (from, id) in pending {
+            match net.handle(from).message_state(id).await {
+                Ok(Some(m)) if m.state == DeliveryState::Delivered => {
+                    hops.push(f64::from(m.hops.unwrap_or(0)));
+                    latency.push(m.delivered_ms.unwrap_or(0).saturating_sub(m.created_ms) as f64);
+                }
+                _ => left.push((from, id)),
+            }
+        }
+        pending = left;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (from, id) in &pending {
+        if let Ok(Some(m)) = net.handle(*from).message_state(*id).await {
+            eprintln!(
+                "  multihop message {id} from node {from} not delivered: {:?}, attempts {}, last error: {}",
+                m.state,
+                m.attempts,
+                m.last_error.as_deref().unwrap_or("none")
+            );
+        }
+    }
+    for (from, to) in pairs {
+        net.heal(from, to).await?;
+    }
+    hops.sort_by(|a, b| a.total_cmp(b));
+    latency.sort_by(|a, b| a.total_cmp(b));
+    Ok(MultihopFigures {
+        sent: MESSAGES,
+        delivered: hops.len(),
+        hops_p50: quantile(&hops, 0.5),
+        hops_max: hops.last().copied().unwrap_or(0.0),
+        latency_p50: quantile(&latency, 0.5),
+    })
 }
 
 /// DHT figures over the whole network.

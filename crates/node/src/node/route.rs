@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::kad::KBucketKey;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{Multiaddr, PeerId};
@@ -161,7 +162,12 @@ impl EventLoop {
         let now = Instant::now();
         self.route.router.mark_sent(id, destination, attempt, now);
         bump(&self.shared.stats.routed_sent);
-        if self.forward(routed, Upstream::Origin { id }, vec![local]) {
+        // A recipient we just failed to dial is not worth a hop.
+        let mut tried = vec![local];
+        if self.route.recently_unreachable(&destination) {
+            tried.push(destination);
+        }
+        if self.forward(routed, Upstream::Origin { id }, tried) {
             let now_ms = self.now_ms();
             let events = self.shared.events.clone();
             self.background(move |store| {
@@ -191,11 +197,22 @@ impl EventLoop {
             .get(&routed.destination)
             .cloned()
             .unwrap_or_default();
+        let k = self.shared.config.dht.k;
+        let table: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_local_peers(&KBucketKey::from(routed.destination))
+            .take(k)
+            .map(|key| *key.preimage())
+            .collect();
         let candidates = self.route.router.candidates(
             routed.destination,
             &tried,
             &connected,
             &relays,
+            &table,
+            routed.origin == self.shared.peer_id,
             Instant::now(),
         );
         let Some(&(next_hop, why)) = candidates.first() else {

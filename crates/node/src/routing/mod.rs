@@ -62,6 +62,15 @@ pub(crate) enum Why {
     Relay,
     /// A connected peer XOR-closer to the destination than we are.
     Closer,
+    /// The destination itself, not connected but in our DHT routing table:
+    /// dialled.
+    Dial,
+    /// A peer of our DHT routing table XOR-closer to the destination than
+    /// we are, not connected: dialled.
+    Table,
+    /// The sender's last resort when no peer is closer than itself (it is
+    /// the closest it knows of): its other peers, nearest first.
+    Any,
 }
 
 /// The routing state of one node.
@@ -172,13 +181,20 @@ impl Router {
 
     /// Next hops for `destination`, best first, never one in `exclude`:
     /// a live connection to it; cached routes; connected relays its record
-    /// names; connected peers XOR-closer to it than we are, closest first.
+    /// names; the destination itself if our DHT routing table knows it;
+    /// connected peers XOR-closer to it than we are, closest first; then
+    /// routing-table peers closer than we are (`table`, closest first),
+    /// which are dialled. With `any` (the sender itself), peers that are
+    /// not closer come last. At most `max_candidates`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn candidates(
         &mut self,
         destination: PeerId,
         exclude: &[PeerId],
         connected: &[PeerId],
         relays: &[PeerId],
+        table: &[PeerId],
+        any: bool,
         now: Instant,
     ) -> Vec<(PeerId, Why)> {
         let mut out: Vec<(PeerId, Why)> = Vec::new();
@@ -201,16 +217,43 @@ impl Router {
                 push(*relay, Why::Relay, &mut out);
             }
         }
+        if table.contains(&destination) {
+            push(destination, Why::Dial, &mut out);
+        }
         let target = KBucketKey::from(destination);
         let ours = KBucketKey::from(self.local).distance(&target);
-        let mut closer: Vec<_> = connected
-            .iter()
-            .map(|p| (KBucketKey::from(*p).distance(&target), *p))
-            .filter(|(d, _)| *d < ours)
-            .collect();
-        closer.sort();
-        for (_, peer) in closer.into_iter().take(self.config.max_candidates) {
+        let by_distance = |peers: &[PeerId], only_closer: bool| {
+            let mut sorted: Vec<_> = peers
+                .iter()
+                .filter(|p| **p != destination && !exclude.contains(p))
+                .map(|p| (KBucketKey::from(*p).distance(&target), *p))
+                .filter(|(d, _)| !only_closer || *d < ours)
+                .collect();
+            sorted.sort();
+            sorted
+        };
+        let closer = |peers: &[PeerId]| by_distance(peers, true);
+        // Half the slots at most for connected peers, so the routing
+        // table's peers (the destination's DHT neighbourhood) get a turn.
+        let half = self.config.max_candidates.div_ceil(2);
+        for (_, peer) in closer(connected).into_iter().take(half) {
             push(peer, Why::Closer, &mut out);
+        }
+        for (_, peer) in closer(table).into_iter().take(self.config.max_candidates) {
+            let why = if connected.contains(&peer) {
+                Why::Closer
+            } else {
+                Why::Table
+            };
+            push(peer, why, &mut out);
+        }
+        if any {
+            let rest = by_distance(connected, false)
+                .into_iter()
+                .chain(by_distance(table, false));
+            for (_, peer) in rest.take(self.config.max_candidates) {
+                push(peer, Why::Any, &mut out);
+            }
         }
         out.truncate(self.config.max_candidates.max(1));
         out

@@ -39,7 +39,7 @@ fn a_message_for_us_is_delivered_and_teaches_the_way_back() {
     assert_eq!(r.admit(prev, &m, now), Admit::Deliver);
     // A retransmission reaches the destination again: it is answered again.
     assert_eq!(r.admit(prev, &m, now), Admit::Deliver);
-    let back = r.candidates(origin, &[], &[prev], &[], now);
+    let back = r.candidates(origin, &[], &[prev], &[], &[], false, now);
     assert_eq!(back, vec![(prev, Why::Cached)]);
     assert_eq!(r.routes(now)[0].hops, 3);
 }
@@ -200,7 +200,7 @@ fn candidates_come_in_order_direct_cached_relay_closer() {
     let (cached, relay) = (PeerId::random(), farther[1]);
     r.learn(dest, cached, 2, Duration::from_millis(5), now);
     let connected = [farther[0], closer[1], closer[0], relay, dest];
-    let got = r.candidates(dest, &[], &connected, &[relay], now);
+    let got = r.candidates(dest, &[], &connected, &[relay], &[], false, now);
     assert_eq!(
         got,
         vec![
@@ -213,7 +213,15 @@ fn candidates_come_in_order_direct_cached_relay_closer() {
     );
     // Excluded peers (the previous hop, hops already tried) never appear;
     // a farther peer is never a greedy choice.
-    let got = r.candidates(dest, &[dest, cached, closer[0]], &connected, &[], now);
+    let got = r.candidates(
+        dest,
+        &[dest, cached, closer[0]],
+        &connected,
+        &[],
+        &[],
+        false,
+        now,
+    );
     assert_eq!(got, vec![(closer[1], Why::Closer)]);
     // At most `max_candidates`, best first.
     let (small_id, mut small) = router();
@@ -224,7 +232,7 @@ fn candidates_come_in_order_direct_cached_relay_closer() {
         .take(10)
         .chain([dest])
         .collect();
-    let got = small.candidates(dest, &[], &many, &[], now);
+    let got = small.candidates(dest, &[], &many, &[], &[], false, now);
     assert_eq!(got.len(), RoutingConfig::default().max_candidates);
     assert_eq!(got[..2], [(dest, Why::Direct), (cached, Why::Cached)]);
 }
