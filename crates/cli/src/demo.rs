@@ -283,9 +283,10 @@ struct MultihopFigures {
 /// cannot dial, so the message goes hop by hop and its receipt comes back
 /// the same way. The links are restored afterwards.
 async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<MultihopFigures> {
-    const MESSAGES: usize = 20;
-    let mut pairs = Vec::with_capacity(MESSAGES);
-    for _ in 0..MESSAGES {
+    // Two nodes with their link cut have no one to go through.
+    let messages = if net.len() < 3 { 0 } else { 20 };
+    let mut pairs = Vec::with_capacity(messages);
+    for _ in 0..messages {
         let from = rng.gen_range(0..net.len());
         let mut to = rng.gen_range(0..net.len() - 1);
         if to >= from {
@@ -294,7 +295,7 @@ async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<
         net.cut(from, to).await?;
         pairs.push((from, to));
     }
-    let mut sent = Vec::with_capacity(MESSAGES);
+    let mut sent = Vec::with_capacity(messages);
     for (from, to) in &pairs {
         let id = net
             .handle(*from)
@@ -341,7 +342,7 @@ async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<
     hops.sort_by(|a, b| a.total_cmp(b));
     latency.sort_by(|a, b| a.total_cmp(b));
     Ok(MultihopFigures {
-        sent: MESSAGES,
+        sent: messages,
         delivered: hops.len(),
         hops_p50: quantile(&hops, 0.5),
         hops_max: hops.last().copied().unwrap_or(0.0),
