@@ -246,6 +246,9 @@ pub struct NetworkConfig {
     /// Give up on a request (a message awaiting its receipt) after this long.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Measure each connection's round trip (libp2p ping) this often.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
     /// Concurrent message streams per connection.
     pub max_concurrent_streams: usize,
     /// Lifetime of our signed peer record; it is re-signed well before.
@@ -299,6 +302,7 @@ impl Default for NetworkConfig {
         Self {
             idle_connection_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(20),
+            ping_interval: Duration::from_secs(15),
             max_concurrent_streams: 128,
             record_ttl: Duration::from_secs(24 * 3600),
             external_addrs: Vec::new(),
@@ -478,6 +482,12 @@ impl Config {
             }
         }
         let n = &self.network;
+        if n.ping_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Value {
+                key: "network.ping_interval",
+                problem: "expected at least `1s`".into(),
+            });
+        }
         if n.max_concurrent_streams == 0 {
             return Err(ConfigError::Value {
                 key: "network.max_concurrent_streams",
@@ -538,6 +548,7 @@ max_ttl = "{mt}"          # longest lifetime a sender may ask for
 [network]
 idle_connection_timeout = "{ic}"
 request_timeout = "{rt}"
+ping_interval = "{pi}"           # round-trip probes per connection
 external_addrs = []              # e.g. ["/ip4/203.0.113.7/tcp/4001"] behind a port forward
 
 [api]
@@ -575,6 +586,7 @@ hop_timeout = "{rht}"             # how long a hop may take to answer
         mt = humantime::format_duration(d.delivery.max_ttl),
         ic = humantime::format_duration(d.network.idle_connection_timeout),
         rt = humantime::format_duration(d.network.request_timeout),
+        pi = humantime::format_duration(d.network.ping_interval),
         al = d.api.listen,
         mb = d.api.max_body_bytes,
         k = d.dht.k,

@@ -441,7 +441,7 @@ fn build_swarm(
                     AGENT_PROTOCOL.to_string(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(net.ping_interval)),
                 msg: request_response::Behaviour::with_codec(
                     codec.clone(),
                     [(MSG_PROTOCOL, ProtocolSupport::Full)],

@@ -94,6 +94,18 @@ async fn wait_line(net: &SimNet, line: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Waits until node `at` holds the peer record of node `of`.
+async fn wait_record(net: &SimNet, at: usize, of: usize) -> Result<()> {
+    let h = net.handle(at).clone();
+    let peer = net.peer_id(of);
+    wait_until(Duration::from_secs(20), "records exchanged", || {
+        let h = h.clone();
+        async move { h.known_record(peer).await.ok().flatten().is_some() }
+    })
+    .await?;
+    Ok(())
+}
+
 fn routed_options(ttl: Option<u32>) -> (SimOptions, Config) {
     let mut config = test_config();
     if let Some(ttl) = ttl {
@@ -112,12 +124,7 @@ async fn messages_cross_four_hops_and_receipts_and_routes_come_back() -> Result<
     // only a line of five remains.
     let line = greedy_line(&net, 4);
     let (a, e) = (line[0], line[4]);
-    wait_until(Duration::from_secs(20), "records exchanged", || {
-        let h = net.handle(a).clone();
-        let peer = net.peer_id(e);
-        async move { h.known_record(peer).await.ok().flatten().is_some() }
-    })
-    .await?;
+    wait_record(&net, a, e).await?;
     keep_only_line(&net, &line).await?;
     wait_line(&net, &line).await?;
 
@@ -221,12 +228,7 @@ async fn a_failed_next_hop_is_replaced_by_the_next_best() -> Result<()> {
     // from D, so both B and C are greedy choices.
     let order = greedy_line(&net, 3);
     let (a, b, c, d) = (order[0], order[1], order[2], order[3]);
-    wait_until(Duration::from_secs(20), "records exchanged", || {
-        let h = net.handle(a).clone();
-        let peer = net.peer_id(d);
-        async move { h.known_record(peer).await.ok().flatten().is_some() }
-    })
-    .await?;
+    wait_record(&net, a, d).await?;
     net.cut(a, d).await?;
     net.cut(b, c).await?;
     for (x, y) in [(a, b), (a, c), (b, d), (c, d)] {
@@ -293,12 +295,7 @@ async fn ttl_and_relay_policy_stop_messages_and_are_counted() -> Result<()> {
     let mut net = SimNet::start(options).await?;
     let line = greedy_line(&net, 4);
     let (a, e) = (line[0], line[4]);
-    wait_until(Duration::from_secs(20), "records exchanged", || {
-        let h = net.handle(a).clone();
-        let peer = net.peer_id(e);
-        async move { h.known_record(peer).await.ok().flatten().is_some() }
-    })
-    .await?;
+    wait_record(&net, a, e).await?;
     keep_only_line(&net, &line).await?;
     wait_line(&net, &line).await?;
     let id = net

@@ -279,31 +279,27 @@ impl SimNet {
     /// with the other (open ones close), as a firewall or NAT would. Lasts
     /// until [`SimNet::heal`] or a restart.
     pub async fn cut(&self, a: usize, b: usize) -> Result<(), SimError> {
-        for (me, other) in [(a, b), (b, a)] {
-            if let Some(handle) = self.try_handle(me) {
-                handle
-                    .block_peer(self.peer_id(other))
-                    .await
-                    .map_err(|e| SimError::Node {
-                        index: me,
-                        reason: e.to_string(),
-                    })?;
-            }
-        }
-        Ok(())
+        self.set_link(a, b, false).await
     }
 
     /// Restores a link [`SimNet::cut`] cut.
     pub async fn heal(&self, a: usize, b: usize) -> Result<(), SimError> {
+        self.set_link(a, b, true).await
+    }
+
+    async fn set_link(&self, a: usize, b: usize, up: bool) -> Result<(), SimError> {
         for (me, other) in [(a, b), (b, a)] {
             if let Some(handle) = self.try_handle(me) {
-                handle
-                    .unblock_peer(self.peer_id(other))
-                    .await
-                    .map_err(|e| SimError::Node {
-                        index: me,
-                        reason: e.to_string(),
-                    })?;
+                let peer = self.peer_id(other);
+                let done = if up {
+                    handle.unblock_peer(peer).await
+                } else {
+                    handle.block_peer(peer).await
+                };
+                done.map_err(|e| SimError::Node {
+                    index: me,
+                    reason: e.to_string(),
+                })?;
             }
         }
         Ok(())

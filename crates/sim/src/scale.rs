@@ -183,6 +183,9 @@ fn scale_config() -> peercomm_node::Config {
     config.dht.refresh_interval = Duration::from_secs(300);
     // Every lookup asks the network: no answers from the cache.
     config.dht.cache_ttl = Duration::ZERO;
+    // Thousands of connections in one process: round-trip probes are the
+    // bulk of an idle network's work and tell a scale run nothing.
+    config.network.ping_interval = Duration::from_secs(300);
     config
 }
 

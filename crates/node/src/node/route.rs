@@ -287,16 +287,14 @@ impl EventLoop {
             Err(e) => {
                 bump(&stats.routed_malformed);
                 tracing::debug!(%from, "malformed routed message: {e}");
-                let refusal = RouteResponse::refusal(
-                    RouteRefusalCode::RouteRefusalMalformed,
-                    e.to_string(),
-                    0,
+                self.refuse(
+                    channel,
+                    RouteResponse::refusal(
+                        RouteRefusalCode::RouteRefusalMalformed,
+                        e.to_string(),
+                        0,
+                    ),
                 );
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .route
-                    .send_response(channel, refusal.encode());
                 return;
             }
         };
@@ -344,16 +342,14 @@ impl EventLoop {
                 if let Err(reason) = self.check_envelope(&routed) {
                     bump(&stats.routed_malformed);
                     tracing::debug!(%from, "routed envelope refused: {reason}");
-                    let refusal = RouteResponse::refusal(
-                        RouteRefusalCode::RouteRefusalMalformed,
-                        reason,
-                        arrived,
+                    self.refuse(
+                        channel,
+                        RouteResponse::refusal(
+                            RouteRefusalCode::RouteRefusalMalformed,
+                            reason,
+                            arrived,
+                        ),
                     );
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .route
-                        .send_response(channel, refusal.encode());
                     return;
                 }
                 let token = self.park(channel);
@@ -386,12 +382,7 @@ impl EventLoop {
                     _ => &stats.routed_malformed,
                 });
                 tracing::debug!(%from, ?code, "routed message refused: {reason}");
-                let refusal = RouteResponse::refusal(code, reason, arrived);
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .route
-                    .send_response(channel, refusal.encode());
+                self.refuse(channel, RouteResponse::refusal(code, reason, arrived));
             }
         }
     }
@@ -414,6 +405,14 @@ impl EventLoop {
             return Err("origin differs from the envelope's signed sender".into());
         }
         Ok(())
+    }
+
+    fn refuse(&mut self, channel: ResponseChannel<Vec<u8>>, refusal: RouteResponse) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .route
+            .send_response(channel, refusal.encode());
     }
 
     fn park(&mut self, channel: ResponseChannel<Vec<u8>>) -> u64 {
