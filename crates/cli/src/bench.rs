@@ -23,6 +23,11 @@ pub(crate) struct DhtBenchArgs {
     /// Give up if the network has not formed after this long.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
+    /// Each node's routing-table refresh (a bootstrap lookup) interval. All
+    /// nodes share this machine's cores, so N nodes refresh N times as often
+    /// as one real node would see.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    refresh_interval: Duration,
 }
 
 /// Runs the DHT scale benchmark and prints its figures.
@@ -43,6 +48,10 @@ pub(crate) async fn dht(args: DhtBenchArgs, json: bool) -> anyhow::Result<()> {
     }
     options.churn = args.churn;
     options.join_timeout = args.join_timeout;
+    if args.refresh_interval.is_zero() {
+        bail!("--refresh-interval must be above zero, e.g. 5m");
+    }
+    options.refresh_interval = args.refresh_interval;
     if !json {
         println!(
             "peercomm bench dht: {} nodes on the memory transport (seed {seed})",

@@ -29,6 +29,8 @@ pub struct DhtScaleOptions {
     pub join_timeout: Duration,
     /// Nodes started before waiting for the ones in flight to join.
     pub wave: usize,
+    /// Each node's routing-table refresh interval.
+    pub refresh_interval: Duration,
 }
 
 impl DhtScaleOptions {
@@ -41,6 +43,7 @@ impl DhtScaleOptions {
             seed,
             join_timeout: Duration::from_secs(1800),
             wave: 50,
+            refresh_interval: Duration::from_secs(300),
         }
     }
 }
@@ -176,11 +179,11 @@ async fn has_joined(handle: &NodeHandle) -> bool {
 }
 
 /// The configuration of a scale node: test timings, but no delivery work
-/// to speak of and the default refresh interval.
-fn scale_config() -> peercomm_node::Config {
+/// to speak of, rare pings and the given refresh interval.
+fn scale_config(refresh_interval: Duration) -> peercomm_node::Config {
     let mut config = test_config();
     config.delivery.tick = Duration::from_secs(1);
-    config.dht.refresh_interval = Duration::from_secs(300);
+    config.dht.refresh_interval = refresh_interval;
     // Every lookup asks the network: no answers from the cache.
     config.dht.cache_ttl = Duration::ZERO;
     // Thousands of connections in one process: round-trip probes are the
@@ -195,7 +198,7 @@ pub async fn dht_scale(
     progress: &mut dyn FnMut(&str),
 ) -> Result<DhtScaleReport, SimError> {
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let config = scale_config();
+    let config = scale_config(options.refresh_interval);
     let (k, alpha) = (config.dht.k, config.dht.alpha);
     let mut sim = SimOptions::new(1, Topology::Isolated);
     sim.seed = options.seed;
