@@ -20,18 +20,37 @@ pub enum MsgResponse {
     },
 }
 
+/// `reason` cut to `MAX_REJECT_REASON_BYTES` on a character boundary.
+pub(crate) fn bounded_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REJECT_REASON_BYTES {
+        let mut end = MAX_REJECT_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+/// A decoded reason longer than `MAX_REJECT_REASON_BYTES` is an error.
+pub(crate) fn check_reason(what: &'static str, reason: &str) -> Result<(), ResponseError> {
+    if reason.len() > MAX_REJECT_REASON_BYTES {
+        return Err(ResponseError::TooLarge {
+            what,
+            len: reason.len(),
+            max: MAX_REJECT_REASON_BYTES,
+        });
+    }
+    Ok(())
+}
+
 impl MsgResponse {
     /// A rejection, with `reason` cut to `MAX_REJECT_REASON_BYTES` on a character boundary.
     pub fn reject(code: RejectCode, reason: impl Into<String>) -> Self {
-        let mut reason = reason.into();
-        if reason.len() > MAX_REJECT_REASON_BYTES {
-            let mut end = MAX_REJECT_REASON_BYTES;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
+        Self::Reject {
+            code,
+            reason: bounded_reason(reason.into()),
         }
-        Self::Reject { code, reason }
     }
 
     /// Encodes the response as a `MsgResponse` protobuf.
@@ -82,13 +101,7 @@ impl MsgResponse {
                 Ok(Self::Receipt(receipt))
             }
             Some(msg_response::Result::Reject(reject)) => {
-                if reject.reason.len() > MAX_REJECT_REASON_BYTES {
-                    return Err(ResponseError::TooLarge {
-                        what: "reject reason",
-                        len: reject.reason.len(),
-                        max: MAX_REJECT_REASON_BYTES,
-                    });
-                }
+                check_reason("reject reason", &reject.reason)?;
                 // Implementation notes: a newer peer may refuse for a reason we do not know;
                 // the rejection itself must still get through.
                 let code =

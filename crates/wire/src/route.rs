@@ -7,11 +7,9 @@ use prost::Message;
 
 use crate::error::ResponseError;
 use crate::id::MessageId;
-use crate::limits::{
-    MAX_ENVELOPE_BYTES, MAX_FRAME_BYTES, MAX_PEER_ID_BYTES, MAX_REJECT_REASON_BYTES,
-};
+use crate::limits::{MAX_ENVELOPE_BYTES, MAX_FRAME_BYTES, MAX_PEER_ID_BYTES};
 use crate::pb::{self, route_response, RouteRefusalCode};
-use crate::response::MsgResponse;
+use crate::response::{bounded_reason, check_reason, MsgResponse};
 
 /// Largest TTL any node accepts on the wire; a larger one is cut to this.
 pub const MAX_ROUTE_TTL: u32 = 32;
@@ -117,15 +115,11 @@ impl RouteResponse {
     /// A refusal, with `reason` cut to `MAX_REJECT_REASON_BYTES` on a
     /// character boundary.
     pub fn refusal(code: RouteRefusalCode, reason: impl Into<String>, hops: u32) -> Self {
-        let mut reason = reason.into();
-        if reason.len() > MAX_REJECT_REASON_BYTES {
-            let mut end = MAX_REJECT_REASON_BYTES;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
+        Self::Refusal {
+            code,
+            reason: bounded_reason(reason.into()),
+            hops,
         }
-        Self::Refusal { code, reason, hops }
     }
 
     /// Hops the message took to whoever answered.
@@ -173,13 +167,7 @@ impl RouteResponse {
                 hops: raw.hops,
             }),
             Some(route_response::Result::Refusal(refusal)) => {
-                if refusal.reason.len() > MAX_REJECT_REASON_BYTES {
-                    return Err(ResponseError::TooLarge {
-                        what: "refusal reason",
-                        len: refusal.reason.len(),
-                        max: MAX_REJECT_REASON_BYTES,
-                    });
-                }
+                check_reason("refusal reason", &refusal.reason)?;
                 Ok(Self::Refusal {
                     code: RouteRefusalCode::try_from(refusal.code)
                         .unwrap_or(RouteRefusalCode::RouteRefusalUnspecified),
@@ -195,6 +183,7 @@ impl RouteResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_REJECT_REASON_BYTES;
     use crate::pb::RejectCode;
 
     fn routed() -> Routed {
