@@ -141,6 +141,7 @@ impl From<SendError> for ApiError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::BodyTooLarge { .. }
+            | SendError::TooLargeForOnion { .. }
             | SendError::TtlTooLong { .. }
             | SendError::TtlZero
             | SendError::ToSelf(_) => Self::unprocessable(e.to_string()),

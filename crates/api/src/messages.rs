@@ -85,6 +85,9 @@ pub(crate) enum RoutePreference {
     Direct,
     /// Hop by hop through other peers.
     Multihop,
+    /// Through onion relays, so no relay sees both ends (bodies up to
+    /// 1,303 bytes).
+    Onion,
 }
 
 impl From<Route> for RoutePreference {
@@ -93,6 +96,7 @@ impl From<Route> for RoutePreference {
             Route::Auto => Self::Auto,
             Route::Direct => Self::Direct,
             Route::Multihop => Self::Multihop,
+            Route::Onion => Self::Onion,
         }
     }
 }
@@ -324,7 +328,7 @@ fn parse_peer(field: &str, value: &str) -> Result<PeerId, ApiError> {
     request_body(content = SendRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted and durable", body = SendResponse),
-        (status = 400, description = "Malformed JSON (`invalid_json`), a wrong field (`invalid_field`), peer id (`invalid_peer_id`) or route (`invalid_route`: not \"auto\", \"direct\" or \"multihop\")", body = ErrorBody),
+        (status = 400, description = "Malformed JSON (`invalid_json`), a wrong field (`invalid_field`), peer id (`invalid_peer_id`) or route (`invalid_route`: not \"auto\", \"direct\", \"multihop\" or \"onion\")", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 413, description = "The request body is over the API's limit", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),

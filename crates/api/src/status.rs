@@ -101,6 +101,8 @@ pub(crate) struct Stats {
     pub(crate) dht_lookup_requests: u64,
     /// Inbound DHT requests dropped for exceeding a peer's rate.
     pub(crate) dht_inbound_rate_limited: u64,
+    /// Records handed to new close peers (Kademlia hand-off).
+    pub(crate) dht_handoffs: u64,
     /// Messages sent into the routed network as the sender.
     pub(crate) routed_sent: u64,
     /// Routed messages passed on as a relay.
@@ -119,6 +121,28 @@ pub(crate) struct Stats {
     pub(crate) routed_malformed: u64,
     /// Next hops that failed or refused.
     pub(crate) routed_hop_failures: u64,
+    /// Messages this node sent along an onion path (as the sender).
+    pub(crate) onion_sent: u64,
+    /// Onion packets this node peeled and passed on as a relay.
+    pub(crate) onion_relayed: u64,
+    /// Onion messages that reached this node as their recipient.
+    pub(crate) onion_delivered: u64,
+    /// Answers (receipts) that came back to this node through its SURBs.
+    pub(crate) onion_answers: u64,
+    /// Onion packets dropped as replays (tag seen under the same key).
+    pub(crate) onion_dropped_replay: u64,
+    /// Onion packets no onion key of this node opened.
+    pub(crate) onion_dropped_unknown_key: u64,
+    /// Onion packets or payloads that were malformed.
+    pub(crate) onion_dropped_malformed: u64,
+    /// Onion packets refused by relay policy (role off, quota, busy).
+    pub(crate) onion_refused_policy: u64,
+    /// Next hops of onion packets this node could not reach.
+    pub(crate) onion_unreachable: u64,
+    /// Path checks this node sent round an onion path.
+    pub(crate) onion_path_checks: u64,
+    /// Relays of this node's onion paths that failed (each is replaced).
+    pub(crate) onion_hop_failures: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -159,6 +183,7 @@ impl From<StatsSnapshot> for Stats {
             dht_lookups_found,
             dht_lookup_requests,
             dht_inbound_rate_limited,
+            dht_handoffs,
             routed_sent,
             routed_forwarded,
             routed_delivered,
@@ -168,6 +193,17 @@ impl From<StatsSnapshot> for Stats {
             routed_no_route,
             routed_malformed,
             routed_hop_failures,
+            onion_sent,
+            onion_relayed,
+            onion_delivered,
+            onion_answers,
+            onion_dropped_replay,
+            onion_dropped_unknown_key,
+            onion_dropped_malformed,
+            onion_refused_policy,
+            onion_unreachable,
+            onion_path_checks,
+            onion_hop_failures,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -201,6 +237,7 @@ impl From<StatsSnapshot> for Stats {
             dht_lookups_found,
             dht_lookup_requests,
             dht_inbound_rate_limited,
+            dht_handoffs,
             routed_sent,
             routed_forwarded,
             routed_delivered,
@@ -210,6 +247,17 @@ impl From<StatsSnapshot> for Stats {
             routed_no_route,
             routed_malformed,
             routed_hop_failures,
+            onion_sent,
+            onion_relayed,
+            onion_delivered,
+            onion_answers,
+            onion_dropped_replay,
+            onion_dropped_unknown_key,
+            onion_dropped_malformed,
+            onion_refused_policy,
+            onion_unreachable,
+            onion_path_checks,
+            onion_hop_failures,
             wire_bytes_in,
             wire_bytes_out,
         }

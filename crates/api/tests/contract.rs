@@ -100,7 +100,7 @@ async fn errors_follow_the_contract() -> Result<()> {
     assert!(message.contains("ttl"), "{message}");
     // Bad route: a wrong name or type; the message lists the accepted ones.
     for route in [
-        json!("onion"),
+        json!("Onion"),
         json!("Direct"),
         json!(""),
         json!(2),
@@ -111,7 +111,7 @@ async fn errors_follow_the_contract() -> Result<()> {
             .send()
             .await?;
         let message = expect_error(r, StatusCode::BAD_REQUEST, "invalid_route").await?;
-        for name in ["\"auto\"", "\"direct\"", "\"multihop\""] {
+        for name in ["\"auto\"", "\"direct\"", "\"multihop\"", "\"onion\""] {
             assert!(message.contains(name), "{message}");
         }
     }

@@ -196,6 +196,7 @@ async fn route_is_stored_and_shown() -> Result<()> {
     for route in [
         json!("direct"),
         json!("multihop"),
+        json!("onion"),
         json!("auto"),
         Value::Null,
     ] {

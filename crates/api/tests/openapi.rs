@@ -112,7 +112,8 @@ async fn document_is_complete_and_valid() -> Result<()> {
         );
     }
     ensure!(
-        schemas["RoutePreference"]["enum"] == serde_json::json!(["auto", "direct", "multihop"]),
+        schemas["RoutePreference"]["enum"]
+            == serde_json::json!(["auto", "direct", "multihop", "onion"]),
         "RoutePreference: {}",
         schemas["RoutePreference"]
     );

@@ -101,8 +101,8 @@ fn print_report(r: &DhtScaleReport) {
         r.rss_kib_per_node / 1024.0
     );
     println!(
-        "  upkeep        {:.1} connections per node; idle network CPU {:.0}% of a core",
-        r.connections_per_node, r.idle_cpu_percent
+        "  upkeep        {:.1} connections and {:.1} DHT records per node; idle network CPU {:.0}% of a core",
+        r.connections_per_node, r.records_per_node, r.idle_cpu_percent
     );
     println!(
         "  bound         log2(N)/log2(k) = {:.2} hops (k = {}, alpha = {})",

@@ -48,6 +48,8 @@ pub(crate) enum RouteArg {
     Direct,
     /// Hop by hop through other peers.
     Multihop,
+    /// Through onion relays, so no relay sees both ends.
+    Onion,
 }
 
 impl From<RouteArg> for Route {
@@ -56,6 +58,7 @@ impl From<RouteArg> for Route {
             RouteArg::Auto => Route::Auto,
             RouteArg::Direct => Route::Direct,
             RouteArg::Multihop => Route::Multihop,
+            RouteArg::Onion => Route::Onion,
         }
     }
 }

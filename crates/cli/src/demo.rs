@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use peercomm_node::{DeliveryState, MessageId, NodeEvent, SendOptions};
+use peercomm_node::{DeliveryState, MessageId, NodeEvent, Route, SendOptions};
 use peercomm_sim::{SimNet, SimOptions, Topology};
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -52,6 +52,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("--nodes must be at least 2 (got {})", args.nodes);
     }
     let mut options = SimOptions::new(args.nodes, Topology::Random(3.min(args.nodes - 1)));
+    // The onion stage counts relays that saw both ends from the hop logs.
+    options.config.onion.keep_hop_log = true;
     if let Some(seed) = args.seed {
         options.seed = seed;
     }
@@ -163,6 +165,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let wire_after: u64 = stats.iter().map(|s| s.wire_bytes_out).sum();
     let wire = wire_after.saturating_sub(wire_before);
     let routed = multihop(&net, &mut rng).await?;
+    let (onion, saw_both) = onion(&net, &mut rng).await?;
     let duplicates_delivered = received.values().filter(|n| **n > 1).count();
     let retransmits_deduplicated: u64 = stats.iter().map(|s| s.duplicates).sum();
     let rejected: u64 = stats.iter().map(|s| s.rejected_total()).sum();
@@ -237,6 +240,17 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "multihop: latency p50 (ms)",
         format!("{:.1}", routed.latency_p50),
     );
+    row("onion: sent (3 relays)", onion.sent.to_string());
+    row(
+        "onion: delivered (receipt via SURB)",
+        onion.delivered.to_string(),
+    );
+    row("onion: hops (relays + 1)", format!("{:.0}", onion.hops_p50));
+    row(
+        "onion: latency p50 (ms)",
+        format!("{:.1}", onion.latency_p50),
+    );
+    row("onion: relays that saw both ends", saw_both.to_string());
     row("bytes on the wire (TCP, out)", wire.to_string());
     row(
         "bytes on the wire per message",
@@ -257,6 +271,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "{} of {} multi-hop messages were not delivered",
             routed.sent - routed.delivered,
             routed.sent
+        );
+    }
+    if onion.delivered < onion.sent || saw_both > 0 {
+        bail!(
+            "{} of {} onion messages were not delivered; {saw_both} relay(s) saw both ends",
+            onion.sent - onion.delivered,
+            onion.sent
         );
     }
     if lost > 0 || duplicates_delivered > 0 || arrived_once != args.messages {
@@ -308,6 +329,21 @@ async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<
             .context("send")?;
         sent.push((*from, id));
     }
+    let figures = await_delivered(net, "multihop", sent).await;
+    for (from, to) in pairs {
+        net.heal(from, to).await?;
+    }
+    Ok(figures)
+}
+
+/// Waits (at most a minute) for each `(sender, id)` to be delivered; the
+/// hop counts and latencies of those that were, sorted.
+async fn await_delivered(
+    net: &SimNet,
+    label: &str,
+    sent: Vec<(usize, MessageId)>,
+) -> MultihopFigures {
+    let messages = sent.len();
     let mut hops = Vec::new();
     let mut latency = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -329,25 +365,64 @@ async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<
     for (from, id) in &pending {
         if let Ok(Some(m)) = net.handle(*from).message_state(*id).await {
             eprintln!(
-                "  multihop message {id} from node {from} not delivered: {:?}, attempts {}, last error: {}",
+                "  {label} message {id} from node {from} not delivered: {:?}, attempts {}, last error: {}",
                 m.state,
                 m.attempts,
                 m.last_error.as_deref().unwrap_or("none")
             );
         }
     }
-    for (from, to) in pairs {
-        net.heal(from, to).await?;
-    }
     hops.sort_by(|a, b| a.total_cmp(b));
     latency.sort_by(|a, b| a.total_cmp(b));
-    Ok(MultihopFigures {
+    MultihopFigures {
         sent: messages,
         delivered: hops.len(),
         hops_p50: quantile(&hops, 0.5),
         hops_max: hops.last().copied().unwrap_or(0.0),
         latency_p50: quantile(&latency, 0.5),
-    })
+    }
+}
+
+/// Onion messages between random pairs through 3 relays, and how many
+/// relays saw both ends of one packet (from the nodes' hop logs).
+async fn onion(
+    net: &SimNet,
+    rng: &mut rand::rngs::StdRng,
+) -> anyhow::Result<(MultihopFigures, usize)> {
+    // A sender, a recipient and three relays.
+    let messages = if net.len() < 5 { 0 } else { 20 };
+    let mut sent = Vec::with_capacity(messages);
+    let mut pairs = Vec::with_capacity(messages);
+    for _ in 0..messages {
+        let from = rng.gen_range(0..net.len());
+        let mut to = rng.gen_range(0..net.len() - 1);
+        if to >= from {
+            to += 1;
+        }
+        let options = SendOptions {
+            route: Some(Route::Onion),
+            ..SendOptions::default()
+        };
+        let id = net
+            .handle(from)
+            .send(net.peer_id(to), b"through the onion".to_vec(), options)
+            .await
+            .context("send")?;
+        sent.push((from, id));
+        pairs.push((net.peer_id(from), net.peer_id(to)));
+    }
+    let figures = await_delivered(net, "onion", sent).await;
+    let mut saw_both = 0;
+    for i in 0..net.len() {
+        let seen = net.handle(i).onion_status().await?.hops_seen;
+        if seen
+            .iter()
+            .any(|h| pairs.iter().any(|(s, d)| h.from == *s && h.to == Some(*d)))
+        {
+            saw_both += 1;
+        }
+    }
+    Ok((figures, saw_both))
 }
 
 /// DHT figures over the whole network.

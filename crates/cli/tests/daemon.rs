@@ -275,10 +275,21 @@ fn quickstart_two_daemons_send_and_read_with_the_cli() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&text.stdout)
     );
-    let refused = peercomm(&p.bob_dir, &["send", &p.alice_id, "x", "--route", "onion"]);
-    ensure!(!refused.status.success(), "--route onion was accepted");
+    let refused = peercomm(&p.bob_dir, &["send", &p.alice_id, "x", "--route", "garlic"]);
+    ensure!(!refused.status.success(), "--route garlic was accepted");
     ensure!(
-        String::from_utf8_lossy(&refused.stderr).contains("multihop"),
+        String::from_utf8_lossy(&refused.stderr).contains("onion"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let big = "a".repeat(peercomm_wire::MAX_ONION_BODY_BYTES + 1);
+    let refused = peercomm(&p.bob_dir, &["send", &p.alice_id, &big, "--route", "onion"]);
+    ensure!(
+        !refused.status.success(),
+        "an oversized onion body was accepted"
+    );
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("onion message carries at most"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );

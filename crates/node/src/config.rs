@@ -44,6 +44,8 @@ pub struct Config {
     pub roles: Vec<Role>,
     /// Multi-hop routing.
     pub routing: RoutingConfig,
+    /// Onion routing (Sphinx packets through relays).
+    pub onion: OnionConfig,
 }
 
 /// A service a node offers others.
@@ -117,6 +119,65 @@ impl Default for RoutingConfig {
             max_routes: 4,
             max_candidates: 4,
             hop_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Onion routing (`/peercomm/onion/1.0.0`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnionConfig {
+    /// Relays on each onion path (1 to 4).
+    pub hops: usize,
+    /// A path is replaced by a fresh one after this long.
+    #[serde(with = "humantime_serde")]
+    pub path_rotation: Duration,
+    /// How long a relay that failed stays out of new paths.
+    #[serde(with = "humantime_serde")]
+    pub failed_relay_for: Duration,
+    /// How long a path check may take before the path counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// How long the sender waits for the answer (the receipt) to a message
+    /// sent on a path before it drops the path and retries on a fresh one.
+    #[serde(with = "humantime_serde")]
+    pub answer_timeout: Duration,
+    /// How long a node waits for the next hop to acknowledge a packet.
+    #[serde(with = "humantime_serde")]
+    pub hop_timeout: Duration,
+    /// A new onion key is made this often (and published).
+    #[serde(with = "humantime_serde")]
+    pub key_rotation: Duration,
+    /// The previous onion key keeps working this long after a rotation.
+    #[serde(with = "humantime_serde")]
+    pub key_grace: Duration,
+    /// Replay tags kept per key epoch; a full epoch makes a new key at once.
+    pub max_replay_tags: usize,
+    /// Packets relayed per previous hop per minute (0 = no limit).
+    pub forward_per_peer_per_minute: u32,
+    /// Packets this node relays at once, waiting for their next hop.
+    pub max_pending: usize,
+    /// Keep a record of each relayed packet's previous and next hop (the
+    /// last 1,024), for tests and debugging. Off by default: a relay that
+    /// remembers who talked to whom is what onion routing is meant to avoid.
+    pub keep_hop_log: bool,
+}
+
+impl Default for OnionConfig {
+    fn default() -> Self {
+        Self {
+            hops: 3,
+            path_rotation: Duration::from_secs(10 * 60),
+            failed_relay_for: Duration::from_secs(10 * 60),
+            check_timeout: Duration::from_secs(20),
+            answer_timeout: Duration::from_secs(60),
+            hop_timeout: Duration::from_secs(10),
+            key_rotation: Duration::from_secs(24 * 3600),
+            key_grace: Duration::from_secs(3600),
+            max_replay_tags: 250_000,
+            forward_per_peer_per_minute: 600,
+            max_pending: 1024,
+            keep_hop_log: false,
         }
     }
 }
@@ -278,6 +339,7 @@ impl Default for Config {
             dht: DhtConfig::default(),
             roles: vec![Role::Relay, Role::Mailbox],
             routing: RoutingConfig::default(),
+            onion: OnionConfig::default(),
         }
     }
 }
@@ -481,6 +543,38 @@ impl Config {
                 });
             }
         }
+        let o = &self.onion;
+        if !(1..=4).contains(&o.hops) {
+            return Err(ConfigError::Value {
+                key: "onion.hops",
+                problem: format!("{} is out of range; expected 1 to 4", o.hops),
+            });
+        }
+        for (key, v) in [
+            ("onion.max_replay_tags", o.max_replay_tags),
+            ("onion.max_pending", o.max_pending),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: "expected at least 1".into(),
+                });
+            }
+        }
+        for (key, d) in [
+            ("onion.path_rotation", o.path_rotation),
+            ("onion.check_timeout", o.check_timeout),
+            ("onion.answer_timeout", o.answer_timeout),
+            ("onion.hop_timeout", o.hop_timeout),
+            ("onion.key_rotation", o.key_rotation),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: "expected a duration above zero".into(),
+                });
+            }
+        }
         let n = &self.network;
         if n.ping_interval < Duration::from_secs(1) {
             return Err(ConfigError::Value {
@@ -571,6 +665,14 @@ forward_per_peer_per_minute = {rfp}      # relayed messages per previous hop (0 
 forward_bytes_per_peer_per_minute = {rfb}  # relayed bytes per previous hop (0 = no limit)
 route_ttl = "{rrt}"               # how long a learned route is trusted
 hop_timeout = "{rht}"             # how long a hop may take to answer
+
+[onion]
+hops = {oh}                          # relays per onion path (1 to 4)
+path_rotation = "{opr}"            # replace a path after this long
+key_rotation = "{okr}"               # make (and publish) a new onion key this often
+key_grace = "{okg}"                   # the previous key keeps working this long
+max_replay_tags = {omr}         # per key epoch; a full epoch rotates the key at once
+forward_per_peer_per_minute = {ofp}   # relayed packets per previous hop (0 = no limit)
 "#,
         listen = d
             .listen
@@ -601,6 +703,12 @@ hop_timeout = "{rht}"             # how long a hop may take to answer
         rfb = d.routing.forward_bytes_per_peer_per_minute,
         rrt = humantime::format_duration(d.routing.route_ttl),
         rht = humantime::format_duration(d.routing.hop_timeout),
+        oh = d.onion.hops,
+        opr = humantime::format_duration(d.onion.path_rotation),
+        okr = humantime::format_duration(d.onion.key_rotation),
+        okg = humantime::format_duration(d.onion.key_grace),
+        omr = d.onion.max_replay_tags,
+        ofp = d.onion.forward_per_peer_per_minute,
     )
 }
 

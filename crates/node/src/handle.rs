@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use peercomm_store::{IncomingMessage, NewOutgoing, OutgoingMessage, Route, Store, StoreError};
-use peercomm_wire::{limits::MAX_BODY_BYTES, Kind, MessageId, Priority};
+use peercomm_wire::{limits::MAX_BODY_BYTES, Kind, MessageId, Priority, MAX_ONION_BODY_BYTES};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -46,6 +46,27 @@ pub(crate) enum Command {
     Routes(oneshot::Sender<Vec<crate::routing::RouteInfo>>),
     /// Refuse (`true`) or allow again (`false`) connections with a peer.
     Block(PeerId, bool),
+    /// Onion state: paths held, and what this node saw of packets.
+    Onion(oneshot::Sender<OnionStatus>),
+}
+
+/// What a node's onion routing looks like now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OnionStatus {
+    /// The relays of each path held, first hop first.
+    pub paths: Vec<Vec<PeerId>>,
+    /// Relays known (relay role and an onion key in a record we hold).
+    pub relays_known: usize,
+    /// The current onion key's epoch.
+    pub epoch: u64,
+    /// Epochs whose keys still open packets (the current one, and the
+    /// previous one during its grace window), newest first.
+    pub live_epochs: Vec<u64>,
+    /// Replay tags held over those epochs.
+    pub replay_tags: usize,
+    /// What this node saw of the packets it handled, oldest first (only
+    /// with `onion.keep_hop_log`).
+    pub hops_seen: Vec<crate::onion::HopSeen>,
 }
 
 /// Why `find_peer` found nothing.
@@ -104,6 +125,17 @@ pub enum SendError {
     /// The body is larger than an envelope may carry.
     #[error("message body is {len} bytes; the limit is {max} bytes")]
     BodyTooLarge {
+        /// Body length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is larger than one onion packet carries.
+    #[error(
+        "message body is {len} bytes; an onion message carries at most {max} bytes \
+         (send it with another route, or split it)"
+    )]
+    TooLargeForOnion {
         /// Body length.
         len: usize,
         /// The limit.
@@ -251,6 +283,12 @@ impl NodeHandle {
             return Err(SendError::BodyTooLarge {
                 len: body.len(),
                 max: MAX_BODY_BYTES,
+            });
+        }
+        if options.route == Some(Route::Onion) && body.len() > MAX_ONION_BODY_BYTES {
+            return Err(SendError::TooLargeForOnion {
+                len: body.len(),
+                max: MAX_ONION_BODY_BYTES,
             });
         }
         let delivery = &self.shared.config.delivery;
@@ -432,6 +470,14 @@ impl NodeHandle {
     pub async fn routes(&self) -> Result<Vec<crate::routing::RouteInfo>, QueryError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Routes(tx)).await?;
+        rx.await.map_err(|_| QueryError::NodeStopped)
+    }
+
+    /// Onion routing now: paths, relays known, key epoch, and (with
+    /// `onion.keep_hop_log`) what this node saw of each packet it handled.
+    pub async fn onion_status(&self) -> Result<OnionStatus, QueryError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Onion(tx)).await?;
         rx.await.map_err(|_| QueryError::NodeStopped)
     }
 

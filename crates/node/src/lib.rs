@@ -27,17 +27,19 @@ pub mod identity;
 pub mod msg;
 mod node;
 mod observed;
+pub mod onion;
 pub mod routing;
 mod stats;
 mod transport;
 
 pub use clock::{Clock, SystemClock, TestClock};
 pub use config::{
-    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, Role, RoutingConfig,
+    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, OnionConfig, Role,
+    RoutingConfig,
 };
 pub use handle::{
-    ConnectedPeer, DialError, FindError, InboxQuery, NodeHandle, QueryError, SendError,
-    SendOptions, Status, MAX_PAGE,
+    ConnectedPeer, DialError, FindError, InboxQuery, NodeHandle, OnionStatus, QueryError,
+    SendError, SendOptions, Status, MAX_PAGE,
 };
 pub use identity::{Identity, IdentityError};
 pub use libp2p::{Multiaddr, PeerId};

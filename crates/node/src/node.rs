@@ -43,9 +43,11 @@ use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
 use crate::identity::{Identity, IdentityError};
 use crate::msg::{FrameCodec, MSG_PROTOCOL, RECORD_PROTOCOL};
 use crate::observed::ObservedAddrs;
+use crate::onion::ONION_PROTOCOL;
 use crate::routing::{Router, ROUTE_PROTOCOL};
 use crate::stats::{bump, Stats};
 
+mod onion;
 mod route;
 use crate::transport::{Counted, WireCounters};
 use crate::NodeEvent;
@@ -80,6 +82,9 @@ pub struct NodeOptions {
     pub config: Config,
     /// The time source (the real clock unless a test moves it).
     pub clock: Arc<dyn Clock>,
+    /// Seed of the node's random choices (relays, jitter) so a test can
+    /// replay them; `None` seeds from the OS. Keys never come from it.
+    pub rng_seed: Option<u64>,
 }
 
 impl NodeOptions {
@@ -89,6 +94,7 @@ impl NodeOptions {
             data_dir: data_dir.into(),
             config,
             clock: Arc::new(SystemClock),
+            rng_seed: None,
         }
     }
 }
@@ -139,6 +145,7 @@ struct Behaviour {
     msg: request_response::Behaviour<FrameCodec>,
     record: request_response::Behaviour<FrameCodec>,
     route: request_response::Behaviour<FrameCodec>,
+    onion: request_response::Behaviour<FrameCodec>,
     kad: RateLimitedKad,
 }
 
@@ -164,6 +171,8 @@ struct Attempt {
     /// The sealed envelope, or `None` while we lack the recipient's box key.
     envelope: Option<Vec<u8>>,
     addrs: Vec<Multiaddr>,
+    /// The recipient's onion key, from its record.
+    onion: Option<peercomm_wire::OnionKey>,
 }
 
 /// Results of background work, back to the loop.
@@ -196,6 +205,16 @@ enum Internal {
         response: Vec<u8>,
     },
     Settled,
+    /// The relays among the records we hold.
+    OnionRelays {
+        relays: Vec<crate::onion::path::Relay>,
+    },
+    /// The answer to an onion message delivered here, to send back
+    /// through its SURB.
+    OnionAnswer {
+        surb: Vec<u8>,
+        answer: Option<peercomm_wire::MsgResponse>,
+    },
 }
 
 impl Node {
@@ -304,6 +323,10 @@ impl Node {
         });
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
+        let rng = options
+            .rng_seed
+            .map_or_else(StdRng::from_entropy, StdRng::seed_from_u64);
+        let onion = onion::OnionState::new(&options.config.onion, options.clock.now_ms());
         let mut event_loop = EventLoop {
             swarm,
             metrics,
@@ -313,7 +336,7 @@ impl Node {
             internal_tx,
             internal_rx,
             backoff: Backoff::from_config(&options.config.delivery),
-            rng: StdRng::from_entropy(),
+            rng,
             listen_addrs,
             record: Vec::new(),
             record_seq: 0,
@@ -327,6 +350,7 @@ impl Node {
             remotes: HashMap::new(),
             observed: ObservedAddrs::default(),
             dht: DhtState::default(),
+            onion,
             route: route::RouteState::new(Router::new(
                 shared.peer_id,
                 options.config.routing.clone(),
@@ -396,6 +420,8 @@ fn build_swarm(
     let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
     let net = config.network.clone();
     let routing = config.routing.clone();
+    // A node answers a packet once every later hop has: its wait covers them.
+    let onion_timeout = config.onion.hop_timeout.saturating_mul(6);
     let codec = FrameCodec::counting(stats.clone());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair().clone())
         .with_tokio()
@@ -453,9 +479,16 @@ fn build_swarm(
                     rr_config,
                 ),
                 route: request_response::Behaviour::with_codec(
-                    codec,
+                    codec.clone(),
                     [(ROUTE_PROTOCOL, ProtocolSupport::Full)],
                     route_config,
+                ),
+                onion: request_response::Behaviour::with_codec(
+                    codec,
+                    [(ONION_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(onion_timeout)
+                        .with_max_concurrent_streams(net.max_concurrent_streams),
                 ),
                 kad: {
                     let mut kad = kad::Behaviour::with_config(
@@ -520,6 +553,7 @@ struct EventLoop {
     shutdown: Option<(oneshot::Sender<()>, tokio::time::Instant)>,
     dht: DhtState,
     route: route::RouteState,
+    onion: onion::OnionState,
 }
 
 /// The event loop's view of the DHT.
@@ -577,6 +611,8 @@ const MAX_LOOKED_UP: usize = 10_000;
 const MAX_PUT_COUNTERS: usize = 10_000;
 /// The least time between two reachability lookups for one peer.
 const RELOOKUP_AFTER: Duration = Duration::from_secs(5);
+/// Records handed to one new routing-table peer at most.
+const HANDOFF_MAX: usize = 32;
 /// The least time between two bootstraps when the table runs low.
 const REBOOTSTRAP_AFTER: Duration = Duration::from_secs(10);
 /// How often the routing table's peers are saved.
@@ -692,6 +728,7 @@ impl EventLoop {
                 .iter()
                 .map(|r| r.as_str().to_string())
                 .collect(),
+            onion: Some(self.onion.record_key()),
         };
         match record.sign(self.identity.keypair()) {
             Ok(bytes) => {
@@ -824,6 +861,7 @@ impl EventLoop {
             self.due_dirty = true;
         }
         self.dht_tick();
+        self.onion_tick();
         let ttl_ms =
             u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
         if self.now_ms().saturating_sub(self.record_signed_ms) > ttl_ms / 2 {
@@ -913,6 +951,10 @@ impl EventLoop {
                         }
                     }
                 }
+                let onion = peer
+                    .as_ref()
+                    .and_then(|p| peercomm_wire::verify_record(&p.record, 0).ok())
+                    .and_then(|r| r.onion);
                 updates.push(update);
                 attempts.push(Attempt {
                     id,
@@ -923,6 +965,7 @@ impl EventLoop {
                     addrs: peer
                         .map(|p| p.addrs.iter().filter_map(|a| a.parse().ok()).collect())
                         .unwrap_or_default(),
+                    onion,
                 });
             }
             // One commit for the round: each next attempt is scheduled before
@@ -965,6 +1008,21 @@ impl EventLoop {
                 }
             }
             match attempt.envelope {
+                Some(envelope) if attempt.route == Route::Onion => {
+                    self.in_flight_ids.insert(attempt.id);
+                    match attempt.onion {
+                        Some(onion_key) => self.send_onion(onion::OnionSend {
+                            id: attempt.id,
+                            recipient: attempt.recipient,
+                            onion_key,
+                            envelope,
+                        }),
+                        None => self.origin_failed(
+                            attempt.id,
+                            "the recipient's record has no onion key (an older peercomm?)",
+                        ),
+                    }
+                }
                 Some(envelope) if self.goes_routed(attempt.recipient, attempt.route) => {
                     bump(&self.shared.stats.attempts);
                     self.in_flight_ids.insert(attempt.id);
@@ -1152,6 +1210,9 @@ impl EventLoop {
             }
             Internal::RecordStored { peer, addrs } => {
                 self.route.note_relays(peer, &addrs);
+                if self.onion.relays_wanted() {
+                    self.refresh_relays(true);
+                }
                 for addr in addrs {
                     self.swarm.add_peer_address(peer, addr);
                 }
@@ -1164,6 +1225,8 @@ impl EventLoop {
             }
             Internal::RouteRespond { token, response } => self.route_respond(token, response),
             Internal::Settled => {}
+            Internal::OnionRelays { relays } => self.on_onion_relays(relays),
+            Internal::OnionAnswer { surb, answer } => self.onion_answer(surb, answer),
         }
     }
 
@@ -1200,6 +1263,9 @@ impl EventLoop {
             }
             Command::Routes(reply) => {
                 let _ = reply.send(self.route.routes());
+            }
+            Command::Onion(reply) => {
+                let _ = reply.send(self.onion.status());
             }
             Command::Block(peer, true) => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
@@ -1467,6 +1533,11 @@ impl EventLoop {
                         ..
                     },
             } => self.on_inbound_put(source, record),
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer: true,
+                ..
+            } => self.hand_off(peer),
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => self.dht_add(peer, address),
             kad::Event::OutboundQueryProgressed {
@@ -1562,11 +1633,11 @@ impl EventLoop {
                 return;
             }
         };
-        // The first valid record answers; stop the query there.
+        // The first valid record answers; stop the query there. The
+        // counters are settled before anyone hears the answer, so an asker
+        // that reads them next sees this lookup in them.
         lookup.answered = true;
-        for waiter in lookup.waiters.drain(..) {
-            let _ = waiter.send(Ok(found.clone()));
-        }
+        let waiters = std::mem::take(&mut lookup.waiters);
         if self.dht.found.len() >= MAX_FOUND {
             self.dht.found.clear();
         }
@@ -1576,8 +1647,49 @@ impl EventLoop {
         }
         self.on_record_bytes(peer, record.value);
         self.finish_lookup(query, stats);
+        for waiter in waiters {
+            let _ = waiter.send(Ok(found.clone()));
+        }
         if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
             q.finish();
+        }
+    }
+
+    /// Kademlia's hand-off: a peer new to our routing table that is among
+    /// the k closest we know to a record we hold gets a copy, so records
+    /// move to the nodes that join nearest them (libp2p-kad only
+    /// re-replicates hourly). At most `HANDOFF_MAX` records per new peer.
+    fn hand_off(&mut self, peer: PeerId) {
+        let k = self.shared.config.dht.k;
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let keys: Vec<kad::RecordKey> = kad.store_mut().records().map(|r| r.key.clone()).collect();
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for key in keys {
+            if crate::dht::peer_of_key(&key) == Some(peer) {
+                // Its own record: it has the newest one.
+                continue;
+            }
+            let target = kad::KBucketKey::new(key.clone());
+            let among_closest = kad
+                .get_closest_local_peers(&target)
+                .take(k)
+                .any(|p| *p.preimage() == peer);
+            if !among_closest {
+                continue;
+            }
+            if let Some(record) = kad.store_mut().get(&key) {
+                if record.expires.is_none_or(|at| at > now) {
+                    due.push(record.into_owned());
+                }
+            }
+            if due.len() >= HANDOFF_MAX {
+                break;
+            }
+        }
+        for record in due {
+            let _ = kad.put_record_to(record, std::iter::once(peer), kad::Quorum::One);
+            bump(&self.shared.stats.dht_handoffs);
         }
     }
 
@@ -1724,6 +1836,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Record(event)) => self.on_record_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Route(event)) => self.on_route_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Onion(event)) => self.on_onion_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

@@ -67,6 +67,8 @@ pub(crate) struct Stats {
     pub(crate) dht_lookup_requests: AtomicU64,
     /// Inbound DHT requests dropped because a peer exceeded its rate.
     pub(crate) dht_inbound_rate_limited: AtomicU64,
+    /// Records handed to peers new to the routing table that are among the k closest to them.
+    pub(crate) dht_handoffs: AtomicU64,
     /// Messages this node sent into the routed network (as the sender).
     pub(crate) routed_sent: AtomicU64,
     /// Routed messages this node passed on as a relay.
@@ -85,6 +87,28 @@ pub(crate) struct Stats {
     pub(crate) routed_malformed: AtomicU64,
     /// Next hops that failed or refused (each is replaced by the next-best).
     pub(crate) routed_hop_failures: AtomicU64,
+    /// Messages this node sent along an onion path (as the sender).
+    pub(crate) onion_sent: AtomicU64,
+    /// Onion packets this node peeled and passed on as a relay.
+    pub(crate) onion_relayed: AtomicU64,
+    /// Onion messages that reached this node as their recipient.
+    pub(crate) onion_delivered: AtomicU64,
+    /// Answers (receipts) that came back to this node through its SURBs.
+    pub(crate) onion_answers: AtomicU64,
+    /// Onion packets dropped as replays (tag seen under the same key).
+    pub(crate) onion_dropped_replay: AtomicU64,
+    /// Onion packets no onion key of this node opened.
+    pub(crate) onion_dropped_unknown_key: AtomicU64,
+    /// Onion packets or payloads that were malformed.
+    pub(crate) onion_dropped_malformed: AtomicU64,
+    /// Onion packets refused by relay policy (role off, quota, busy).
+    pub(crate) onion_refused_policy: AtomicU64,
+    /// Next hops of onion packets this node could not reach.
+    pub(crate) onion_unreachable: AtomicU64,
+    /// Path checks this node sent round an onion path.
+    pub(crate) onion_path_checks: AtomicU64,
+    /// Relays of this node's onion paths that failed (each is replaced).
+    pub(crate) onion_hop_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -120,6 +144,7 @@ pub struct StatsSnapshot {
     pub dht_lookups_found: u64,
     pub dht_lookup_requests: u64,
     pub dht_inbound_rate_limited: u64,
+    pub dht_handoffs: u64,
     pub routed_sent: u64,
     pub routed_forwarded: u64,
     pub routed_delivered: u64,
@@ -129,6 +154,17 @@ pub struct StatsSnapshot {
     pub routed_no_route: u64,
     pub routed_malformed: u64,
     pub routed_hop_failures: u64,
+    pub onion_sent: u64,
+    pub onion_relayed: u64,
+    pub onion_delivered: u64,
+    pub onion_answers: u64,
+    pub onion_dropped_replay: u64,
+    pub onion_dropped_unknown_key: u64,
+    pub onion_dropped_malformed: u64,
+    pub onion_refused_policy: u64,
+    pub onion_unreachable: u64,
+    pub onion_path_checks: u64,
+    pub onion_hop_failures: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -251,6 +287,11 @@ impl StatsSnapshot {
                 self.dht_inbound_rate_limited,
             ),
             (
+                "peercomm_dht_handoffs",
+                "Records handed to peers new to the routing table that are among the k closest to them.",
+                self.dht_handoffs,
+            ),
+            (
                 "peercomm_routed_sent",
                 "Messages this node sent into the routed network (as the sender).",
                 self.routed_sent,
@@ -294,6 +335,61 @@ impl StatsSnapshot {
                 "peercomm_routed_hop_failures",
                 "Next hops that failed or refused (each is replaced by the next-best).",
                 self.routed_hop_failures,
+            ),
+            (
+                "peercomm_onion_sent",
+                "Messages this node sent along an onion path (as the sender).",
+                self.onion_sent,
+            ),
+            (
+                "peercomm_onion_relayed",
+                "Onion packets this node peeled and passed on as a relay.",
+                self.onion_relayed,
+            ),
+            (
+                "peercomm_onion_delivered",
+                "Onion messages that reached this node as their recipient.",
+                self.onion_delivered,
+            ),
+            (
+                "peercomm_onion_answers",
+                "Answers (receipts) that came back to this node through its SURBs.",
+                self.onion_answers,
+            ),
+            (
+                "peercomm_onion_dropped_replay",
+                "Onion packets dropped as replays (tag seen under the same key).",
+                self.onion_dropped_replay,
+            ),
+            (
+                "peercomm_onion_dropped_unknown_key",
+                "Onion packets no onion key of this node opened.",
+                self.onion_dropped_unknown_key,
+            ),
+            (
+                "peercomm_onion_dropped_malformed",
+                "Onion packets or payloads that were malformed.",
+                self.onion_dropped_malformed,
+            ),
+            (
+                "peercomm_onion_refused_policy",
+                "Onion packets refused by relay policy (role off, quota, busy).",
+                self.onion_refused_policy,
+            ),
+            (
+                "peercomm_onion_unreachable",
+                "Next hops of onion packets this node could not reach.",
+                self.onion_unreachable,
+            ),
+            (
+                "peercomm_onion_path_checks",
+                "Path checks this node sent round an onion path.",
+                self.onion_path_checks,
+            ),
+            (
+                "peercomm_onion_hop_failures",
+                "Relays of this node's onion paths that failed (each is replaced).",
+                self.onion_hop_failures,
             ),
             (
                 "peercomm_wire_bytes_in",
@@ -368,6 +464,7 @@ impl Stats {
             dht_lookups_found: g(&self.dht_lookups_found),
             dht_lookup_requests: g(&self.dht_lookup_requests),
             dht_inbound_rate_limited: g(&self.dht_inbound_rate_limited),
+            dht_handoffs: g(&self.dht_handoffs),
             routed_sent: g(&self.routed_sent),
             routed_forwarded: g(&self.routed_forwarded),
             routed_delivered: g(&self.routed_delivered),
@@ -377,6 +474,17 @@ impl Stats {
             routed_no_route: g(&self.routed_no_route),
             routed_malformed: g(&self.routed_malformed),
             routed_hop_failures: g(&self.routed_hop_failures),
+            onion_sent: g(&self.onion_sent),
+            onion_relayed: g(&self.onion_relayed),
+            onion_delivered: g(&self.onion_delivered),
+            onion_answers: g(&self.onion_answers),
+            onion_dropped_replay: g(&self.onion_dropped_replay),
+            onion_dropped_unknown_key: g(&self.onion_dropped_unknown_key),
+            onion_dropped_malformed: g(&self.onion_dropped_malformed),
+            onion_refused_policy: g(&self.onion_refused_policy),
+            onion_unreachable: g(&self.onion_unreachable),
+            onion_path_checks: g(&self.onion_path_checks),
+            onion_hop_failures: g(&self.onion_hop_failures),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

@@ -43,6 +43,7 @@ fn signed(keypair: &Keypair, seq: u64, expires_ms: u64) -> Result<Vec<u8>> {
         seq,
         expires_ms,
         roles: vec![],
+        onion: None,
     }
     .sign(keypair)?)
 }

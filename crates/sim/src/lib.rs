@@ -186,6 +186,7 @@ impl SimNet {
                 &config,
                 &clock,
                 options.transport.listen_addr(),
+                options.seed,
             )
             .await?;
             let handle = node.handle();
@@ -412,7 +413,16 @@ impl SimNet {
         // The old listener may take a moment to release its port.
         let mut last = None;
         for _ in 0..50 {
-            match start_node(index, &data_dir, &config, &self.clock, listen.clone()).await {
+            match start_node(
+                index,
+                &data_dir,
+                &config,
+                &self.clock,
+                listen.clone(),
+                self.seed,
+            )
+            .await
+            {
                 Ok((node, _)) => {
                     let handle = node.handle();
                     self.nodes[index].node = Some(node);
@@ -444,6 +454,7 @@ impl SimNet {
             &config,
             &self.clock,
             self.transport.listen_addr(),
+            self.seed,
         )
         .await?;
         let handle = node.handle();
@@ -468,6 +479,7 @@ impl SimNet {
             &config,
             &self.clock,
             self.transport.listen_addr(),
+            self.seed,
         )
         .await?;
         let handle = node.handle();
@@ -506,6 +518,7 @@ async fn start_node(
     config: &Config,
     clock: &TestClock,
     listen: Multiaddr,
+    seed: u64,
 ) -> Result<(Node, Multiaddr), SimError> {
     let mut config = config.clone();
     config.listen = vec![listen];
@@ -513,6 +526,8 @@ async fn start_node(
         data_dir: data_dir.to_path_buf(),
         config,
         clock: Arc::new(clock.clone()),
+        // Each node its own stream, replayable from the network's seed.
+        rng_seed: Some(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
     };
     let node = Node::start(options)
         .await

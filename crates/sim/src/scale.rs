@@ -129,6 +129,9 @@ pub struct DhtScaleReport {
     pub rss_kib_per_node: f64,
     /// Open connections per node once the network had formed (mean).
     pub connections_per_node: f64,
+    /// DHT records each node held once the network had formed (mean; a
+    /// record lives on about k nodes, so this is near k).
+    pub records_per_node: f64,
     /// CPU the whole formed network used while idle, in percent of one
     /// core, over a 5 s window: the background cost of keeping it up.
     pub idle_cpu_percent: f64,
@@ -250,9 +253,15 @@ pub async fn dht_scale(
         .collect();
 
     let all: Vec<usize> = (0..options.nodes).collect();
-    let mut connections = 0usize;
+    let (mut connections, mut records) = (0usize, 0usize);
     for i in &all {
         connections += net.handle(*i).peers().await.map(|p| p.len()).unwrap_or(0);
+        records += net
+            .handle(*i)
+            .dht_stats()
+            .await
+            .map(|s| s.records_held)
+            .unwrap_or(0);
     }
     let (cpu_before, idle_start) = (cpu_secs(), Instant::now());
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -288,6 +297,7 @@ pub async fn dht_scale(
         join_secs: Spread::of(&join),
         rss_kib_per_node: rss_after.saturating_sub(rss_before) as f64 / n,
         connections_per_node: connections as f64 / n,
+        records_per_node: records as f64 / n,
         idle_cpu_percent,
         hop_bound: n.log2() / (k.max(2) as f64).log2(),
         before_churn,

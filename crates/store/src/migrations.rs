@@ -134,10 +134,23 @@ ALTER TABLE outbox ADD COLUMN route TEXT NOT NULL DEFAULT 'auto'
     CHECK (route IN ('auto','direct','multihop'));
 ",
     },
+    Migration {
+        version: 6,
+        name: "20261126060000_outbox_route_onion",
+        // SQLite cannot change a CHECK constraint in place: a new column
+        // takes the values, the old one goes, the new one takes its name.
+        sql: "
+ALTER TABLE outbox ADD COLUMN route_v6 TEXT NOT NULL DEFAULT 'auto'
+    CHECK (route_v6 IN ('auto','direct','multihop','onion'));
+UPDATE outbox SET route_v6 = route;
+ALTER TABLE outbox DROP COLUMN route;
+ALTER TABLE outbox RENAME COLUMN route_v6 TO route;
+",
+    },
 ];
 
 /// The highest schema version this build knows.
-pub const LATEST_VERSION: u32 = 5;
+pub const LATEST_VERSION: u32 = 6;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
@@ -317,11 +330,64 @@ mod tests {
         // The CHECK constraint holds on the new column.
         let bad = store
             .conn
-            .execute("UPDATE outbox SET route = 'onion'", [])
+            .execute("UPDATE outbox SET route = 'sideways'", [])
             .map(|_| ());
-        assert!(bad.is_err(), "route 'onion' passed the CHECK constraint");
+        assert!(bad.is_err(), "route 'sideways' passed the CHECK constraint");
         store.set_hops(&[7; 16], 4, 30).unwrap();
         assert_eq!(store.get_outgoing(&[7; 16]).unwrap().unwrap().hops, Some(4));
+    }
+
+    #[test]
+    fn outbox_route_onion_keeps_every_route_of_a_version_5_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.name.ends_with("_outbox_route_onion"))
+            .unwrap();
+        assert_eq!(MIGRATIONS[before].version, 6);
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            assert_eq!(migrate_to(&mut conn, &MIGRATIONS[..before]).unwrap(), 5);
+            for (i, route) in ["auto", "direct", "multihop"].into_iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO outbox (id, recipient, body, priority, kind, created_ms, \
+                     expires_ms, state, next_attempt_ms, updated_ms, route) \
+                     VALUES (?1, 'bob', x'00', 1, 1, 10, 20, 'queued', 10, 10, ?2)",
+                    rusqlite::params![[i as u8; 16], route],
+                )
+                .unwrap();
+            }
+        }
+        let store = crate::Store::open(&path).unwrap();
+        assert_eq!(store.schema_version(), LATEST_VERSION);
+        for (i, route) in [
+            crate::Route::Auto,
+            crate::Route::Direct,
+            crate::Route::Multihop,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let row = store.get_outgoing(&[i as u8; 16]).unwrap().unwrap();
+            assert_eq!(row.route, route);
+        }
+        store
+            .conn
+            .execute(
+                "UPDATE outbox SET route = 'onion' WHERE id = ?1",
+                [[0u8; 16]],
+            )
+            .unwrap();
+        assert_eq!(
+            store.get_outgoing(&[0; 16]).unwrap().unwrap().route,
+            crate::Route::Onion
+        );
+        let bad = store
+            .conn
+            .execute("UPDATE outbox SET route = 'sideways'", [])
+            .map(|_| ());
+        assert!(bad.is_err(), "route 'sideways' passed the CHECK constraint");
     }
 
     #[test]

@@ -19,19 +19,22 @@ pub enum Route {
     Direct,
     /// Hop by hop through other peers.
     Multihop,
+    /// Through onion relays, so no relay sees both ends.
+    Onion,
 }
 
 impl Route {
     /// Every route, default first.
-    pub const ALL: [Route; 3] = [Route::Auto, Route::Direct, Route::Multihop];
+    pub const ALL: [Route; 4] = [Route::Auto, Route::Direct, Route::Multihop, Route::Onion];
 
     /// The lowercase name stored in the database and used in the API (`"auto"`, `"direct"`,
-    /// `"multihop"`).
+    /// `"multihop"`, `"onion"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Auto => "auto",
             Route::Direct => "direct",
             Route::Multihop => "multihop",
+            Route::Onion => "onion",
         }
     }
 }
@@ -44,7 +47,7 @@ impl fmt::Display for Route {
 
 /// A string that names no [`Route`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown route {0:?}; expected one of \"auto\", \"direct\" or \"multihop\"")]
+#[error("unknown route {0:?}; expected one of \"auto\", \"direct\", \"multihop\" or \"onion\"")]
 pub struct ParseRouteError(pub String);
 
 impl FromStr for Route {
@@ -89,11 +92,11 @@ mod tests {
 
     #[test]
     fn unknown_names_are_refused_with_the_accepted_ones() {
-        for bad in ["", "Direct", "multi-hop", "onion", " auto"] {
+        for bad in ["", "Direct", "multi-hop", "Onion", " auto"] {
             let err = bad.parse::<Route>().unwrap_err();
             assert_eq!(err, ParseRouteError(bad.to_owned()));
             let message = err.to_string();
-            for name in ["\"auto\"", "\"direct\"", "\"multihop\""] {
+            for name in ["\"auto\"", "\"direct\"", "\"multihop\"", "\"onion\""] {
                 assert!(message.contains(name), "{message}");
             }
         }

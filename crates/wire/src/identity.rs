@@ -39,6 +39,19 @@ pub(crate) fn inline_ed25519_key(peer: &PeerId) -> Result<ed25519::PublicKey, St
         .map_err(|_| format!("PeerId {peer} key is not Ed25519"))
 }
 
+/// The 32-byte Ed25519 key behind a PeerId: the node's address in Sphinx
+/// packets. `None` for PeerIds that do not inline an Ed25519 key.
+pub fn node_address(peer: &PeerId) -> Option<[u8; 32]> {
+    inline_ed25519_key(peer).ok().map(|k| k.to_bytes())
+}
+
+/// The PeerId of a Sphinx node address (an Ed25519 key); `None` if the
+/// bytes are not a valid key.
+pub fn peer_of_node_address(address: &[u8; 32]) -> Option<PeerId> {
+    let key = ed25519::PublicKey::try_from_bytes(address).ok()?;
+    Some(PublicKey::from(key).to_peer_id())
+}
+
 /// Concatenates the parts of a signature input.
 pub(crate) fn signing_input(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
@@ -69,6 +82,14 @@ mod tests {
         let peer = parse_peer_id(&bytes, "test").unwrap();
         let key = inline_ed25519_key(&peer).unwrap();
         assert_eq!(bytes[6..], key.to_bytes());
+    }
+
+    #[test]
+    fn node_addresses_round_trip() {
+        let peer = keypair(&mut seeded_rng()).public().to_peer_id();
+        let address = node_address(&peer).unwrap();
+        assert_eq!(peer_of_node_address(&address), Some(peer));
+        assert_eq!(node_address(&PeerId::random()), None);
     }
 
     #[test]

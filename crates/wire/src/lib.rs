@@ -14,6 +14,7 @@ mod frame;
 mod id;
 mod identity;
 pub mod limits;
+mod onion;
 mod receipt;
 mod record;
 mod response;
@@ -36,11 +37,17 @@ pub use error::{
 };
 pub use frame::{decode_frame, decode_frame_len, encode_frame};
 pub use id::MessageId;
+pub use identity::{node_address, peer_of_node_address};
 pub use limits::*;
+pub use onion::{
+    decode_onion_packet, encode_onion_packet, OnionAck, OnionContent, MAX_ONION_BODY_BYTES,
+    MAX_ONION_ENVELOPE_BYTES, MAX_ONION_PAYLOAD_BYTES, ONION_PACKET_BYTES, ONION_PAYLOAD_BYTES,
+    PROBE_NONCE_BYTES, SPHINX_HEADER_BYTES, SURB_BYTES,
+};
 pub use receipt::{
     sign_receipt, sign_receipt_message, verify_receipt, verify_signed_receipt, ReceiptInfo,
 };
-pub use record::{verify_record, PeerRecord};
+pub use record::{verify_record, OnionKey, PeerRecord};
 pub use response::MsgResponse;
 pub use route::{RouteResponse, Routed, MAX_ROUTE_TTL};
 

@@ -30,6 +30,17 @@ pub struct PeerRecord {
     pub expires_ms: u64,
     /// Services offered, for example "relay" or "mailbox".
     pub roles: Vec<String>,
+    /// The onion key Sphinx packets to this peer are built for, if it has one.
+    pub onion: Option<OnionKey>,
+}
+
+/// A peer's X25519 onion key and its epoch (a new key has a higher epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OnionKey {
+    /// The X25519 public key.
+    pub key: [u8; BOX_KEY_BYTES],
+    /// Its epoch.
+    pub epoch: u64,
 }
 
 impl PeerRecord {
@@ -57,6 +68,8 @@ impl PeerRecord {
             seq: self.seq,
             expires_ms: self.expires_ms,
             roles: self.roles.clone(),
+            onion_key: self.onion.map(|o| o.key.to_vec()).unwrap_or_default(),
+            onion_epoch: self.onion.map_or(0, |o| o.epoch),
         }
         .encode_to_vec();
         let signature = keypair
@@ -115,6 +128,18 @@ pub fn verify_record(bytes: &[u8], now_ms: u64) -> Result<PeerRecord, RecordErro
     })?;
     check_count("addrs", record.addrs.len(), MAX_RECORD_ADDRS)?;
     check_roles(record.roles.iter().map(String::as_str))?;
+    let onion = match record.onion_key.len() {
+        0 => None,
+        _ => Some(OnionKey {
+            key: <[u8; BOX_KEY_BYTES]>::try_from(record.onion_key.as_slice()).map_err(|_| {
+                RecordError::Malformed(format!(
+                    "onion_key must be empty or {BOX_KEY_BYTES} bytes, got {}",
+                    record.onion_key.len()
+                ))
+            })?,
+            epoch: record.onion_epoch,
+        }),
+    };
     let addrs = record
         .addrs
         .into_iter()
@@ -131,6 +156,7 @@ pub fn verify_record(bytes: &[u8], now_ms: u64) -> Result<PeerRecord, RecordErro
         seq: record.seq,
         expires_ms: record.expires_ms,
         roles: record.roles,
+        onion,
     })
 }
 
@@ -171,6 +197,10 @@ mod tests {
             seq: 3,
             expires_ms: 10_000,
             roles: vec!["relay".into(), "mailbox".into()],
+            onion: Some(OnionKey {
+                key: [7; 32],
+                epoch: 42,
+            }),
         }
     }
 
@@ -259,6 +289,17 @@ mod tests {
             verify_record(&resign(r), 0),
             Err(RecordError::TooLarge { what: "roles", .. })
         ));
+
+        let mut r = base.clone();
+        r.onion_key = vec![1; 33];
+        assert!(matches!(
+            verify_record(&resign(r), 0),
+            Err(RecordError::Malformed(_))
+        ));
+
+        let mut r = base.clone();
+        r.onion_key = Vec::new();
+        assert_eq!(verify_record(&resign(r), 0).unwrap().onion, None);
 
         let mut r = base.clone();
         r.box_key = vec![1; 31];

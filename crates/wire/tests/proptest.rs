@@ -76,8 +76,12 @@ proptest! {
         roundtrip(&signed_receipt);
         roundtrip(&pb::PeerRecord {
             protocol_version: v, peer_id: d.clone(), addrs, box_key: b.clone(),
-            seq: n, expires_ms: m, roles,
+            seq: n, expires_ms: m, roles, onion_key: b.clone(), onion_epoch: m,
         });
+        roundtrip(&pb::OnionPacket { packet: c.clone() });
+        roundtrip(&pb::OnionAck { code: e, distance: v, reason: reason.clone() });
+        roundtrip(&pb::OnionPayload { content: Some(pb::onion_payload::Content::Message(pb::OnionMessage { envelope: c.clone(), surb: a.clone() })) });
+        roundtrip(&pb::OnionPayload { content: Some(pb::onion_payload::Content::Probe(b.clone())) });
         roundtrip(&pb::SignedPeerRecord { public_key: b.clone(), record: c.clone(), signature: d.clone() });
         roundtrip(&pb::MsgResponse { result: Some(pb::msg_response::Result::Receipt(signed_receipt)) });
         roundtrip(&pb::MsgResponse { result: Some(pb::msg_response::Result::Reject(pb::Reject { code: e, reason: reason.clone() })) });
@@ -179,6 +183,7 @@ proptest! {
             seq,
             expires_ms: NOW + ttl_ms,
             roles,
+            onion: (seq % 2 == 0).then_some(peercomm_wire::OnionKey { key: [seq as u8; 32], epoch: seq }),
         };
         let signed = record.sign(&kp).unwrap();
         prop_assert_eq!(verify_record(&signed, NOW).unwrap(), record);

@@ -72,6 +72,7 @@ mod tests {
             seq,
             expires_ms,
             roles: vec![],
+            onion: None,
         }
     }
 

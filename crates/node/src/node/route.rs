@@ -131,7 +131,7 @@ impl EventLoop {
     /// Whether an attempt to `peer` goes along a route rather than directly.
     pub(super) fn goes_routed(&self, peer: PeerId, route: Route) -> bool {
         match route {
-            Route::Direct => false,
+            Route::Direct | Route::Onion => false,
             Route::Multihop => true,
             Route::Auto => {
                 !self.swarm.is_connected(&peer) && self.route.recently_unreachable(&peer)
@@ -507,7 +507,7 @@ impl EventLoop {
     }
 
     /// Our routed attempt found no way: the outbox retries it later.
-    fn origin_failed(&mut self, id: MessageId, note: &str) {
+    pub(super) fn origin_failed(&mut self, id: MessageId, note: &str) {
         self.in_flight_ids.remove(&id);
         bump(&self.shared.stats.attempt_failures);
         tracing::debug!(%id, "routed attempt failed: {note}");
