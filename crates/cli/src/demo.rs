@@ -110,11 +110,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut sent_at: HashMap<MessageId, Instant> = HashMap::with_capacity(args.messages);
     let send_start = Instant::now();
     for _ in 0..args.messages {
-        let from = rng.gen_range(0..net.len());
-        let mut to = rng.gen_range(0..net.len() - 1);
-        if to >= from {
-            to += 1;
-        }
+        let (from, to) = random_pair(net.len(), &mut rng);
         let mut body = vec![0u8; args.body_bytes];
         rng.fill(&mut body[..]);
         let id = net
@@ -308,11 +304,7 @@ async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<
     let messages = if net.len() < 3 { 0 } else { 20 };
     let mut pairs = Vec::with_capacity(messages);
     for _ in 0..messages {
-        let from = rng.gen_range(0..net.len());
-        let mut to = rng.gen_range(0..net.len() - 1);
-        if to >= from {
-            to += 1;
-        }
+        let (from, to) = random_pair(net.len(), rng);
         net.cut(from, to).await?;
         pairs.push((from, to));
     }
@@ -334,6 +326,16 @@ async fn multihop(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<
         net.heal(from, to).await?;
     }
     Ok(figures)
+}
+
+/// Two distinct random node indices below `n` (at least 2).
+fn random_pair(n: usize, rng: &mut rand::rngs::StdRng) -> (usize, usize) {
+    let from = rng.gen_range(0..n);
+    let mut to = rng.gen_range(0..n - 1);
+    if to >= from {
+        to += 1;
+    }
+    (from, to)
 }
 
 /// Waits (at most a minute) for each `(sender, id)` to be delivered; the
@@ -394,11 +396,7 @@ async fn onion(
     let mut sent = Vec::with_capacity(messages);
     let mut pairs = Vec::with_capacity(messages);
     for _ in 0..messages {
-        let from = rng.gen_range(0..net.len());
-        let mut to = rng.gen_range(0..net.len() - 1);
-        if to >= from {
-            to += 1;
-        }
+        let (from, to) = random_pair(net.len(), rng);
         let options = SendOptions {
             route: Some(Route::Onion),
             ..SendOptions::default()

@@ -8,42 +8,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use peercomm_node::{
-    Config, DeliveryState, MessageId, NodeHandle, OnionStatus, OutgoingMessage, PeerId, Role,
-    Route, SendOptions,
+    Config, DeliveryState, NodeHandle, OnionStatus, PeerId, Role, Route, SendOptions,
 };
-use peercomm_sim::{test_config, wait_until, SimNet, SimOptions, Topology};
-
-async fn message(handle: &NodeHandle, id: MessageId) -> Option<OutgoingMessage> {
-    handle.message_state(id).await.ok().flatten()
-}
-
-async fn wait_state(
-    handle: &NodeHandle,
-    id: MessageId,
-    want: DeliveryState,
-    within: Duration,
-) -> Result<OutgoingMessage> {
-    let h = handle.clone();
-    let waited = wait_until(within, &format!("message {id} {want:?}"), || {
-        let h = h.clone();
-        async move { message(&h, id).await.is_some_and(|m| m.state == want) }
-    })
-    .await;
-    if let Err(e) = waited {
-        // Say where it got stuck.
-        let m = message(handle, id).await;
-        let status = handle.onion_status().await.ok();
-        anyhow::bail!(
-            "{e}: state {:?}, attempts {:?}, last error {:?}; paths {:?}; {:?}",
-            m.as_ref().map(|m| m.state),
-            m.as_ref().map(|m| m.attempts),
-            m.as_ref().and_then(|m| m.last_error.clone()),
-            status.map(|s| s.paths),
-            handle.stats()
-        );
-    }
-    message(handle, id).await.context("message vanished")
-}
+use peercomm_sim::{message, test_config, wait_state, wait_until, SimNet, SimOptions, Topology};
 
 async fn onion(handle: &NodeHandle) -> Result<OnionStatus> {
     Ok(handle.onion_status().await?)

@@ -8,29 +8,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use libp2p::kad::KBucketKey;
 use peercomm_node::{
-    Config, DeliveryState, MessageId, Multiaddr, NodeEvent, NodeHandle, OutgoingMessage, PeerId,
-    Route, SendOptions,
+    Config, DeliveryState, Multiaddr, NodeEvent, NodeHandle, PeerId, Route, SendOptions,
 };
-use peercomm_sim::{test_config, wait_until, SimNet, SimOptions, Topology};
-
-async fn message(handle: &NodeHandle, id: MessageId) -> Option<OutgoingMessage> {
-    handle.message_state(id).await.ok().flatten()
-}
-
-async fn wait_state(
-    handle: &NodeHandle,
-    id: MessageId,
-    want: DeliveryState,
-    within: Duration,
-) -> Result<OutgoingMessage> {
-    let h = handle.clone();
-    wait_until(within, &format!("message {id} {want:?}"), || {
-        let h = h.clone();
-        async move { message(&h, id).await.is_some_and(|m| m.state == want) }
-    })
-    .await?;
-    message(handle, id).await.context("message vanished")
-}
+use peercomm_sim::{message, test_config, wait_state, wait_until, SimNet, SimOptions, Topology};
 
 /// The nodes of `net` ordered so that each is XOR-closer to the last one
 /// than the one before it: greedy forwarding along the order works.

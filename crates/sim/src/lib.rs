@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
-use peercomm_node::{Config, Multiaddr, Node, NodeHandle, NodeOptions, PeerId, TestClock};
+use peercomm_node::{
+    Config, DeliveryState, MessageId, Multiaddr, Node, NodeHandle, NodeOptions, OutgoingMessage,
+    PeerId, TestClock,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -567,5 +570,40 @@ where
             return Err(SimError::Timeout(timeout, what.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The outgoing message `id` as `handle`'s outbox has it now.
+pub async fn message(handle: &NodeHandle, id: MessageId) -> Option<OutgoingMessage> {
+    handle.message_state(id).await.ok().flatten()
+}
+
+/// Waits until outgoing message `id` is in state `want`; on timeout the
+/// error says where it got stuck (state, attempts, last error).
+pub async fn wait_state(
+    handle: &NodeHandle,
+    id: MessageId,
+    want: DeliveryState,
+    within: Duration,
+) -> Result<OutgoingMessage, SimError> {
+    let h = handle.clone();
+    let waited = wait_until(within, &format!("message {id} {want:?}"), || {
+        let h = h.clone();
+        async move { message(&h, id).await.is_some_and(|m| m.state == want) }
+    })
+    .await;
+    let now = message(handle, id).await;
+    match (waited, now) {
+        (Ok(()), Some(m)) => Ok(m),
+        (Ok(()), None) => Err(SimError::Timeout(within, format!("message {id} vanished"))),
+        (Err(_), m) => Err(SimError::Timeout(
+            within,
+            format!(
+                "message {id} {want:?}; it is {:?} after {:?} attempts, last error {:?}",
+                m.as_ref().map(|m| m.state),
+                m.as_ref().map(|m| m.attempts),
+                m.as_ref().and_then(|m| m.last_error.clone()),
+            ),
+        )),
     }
 }
