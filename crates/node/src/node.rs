@@ -1656,11 +1656,13 @@ impl EventLoop {
     }
 
     /// Kademlia's hand-off: a peer new to our routing table that is among
-    /// the k closest we know to a record we hold gets a copy, so records
-    /// move to the nodes that join nearest them (libp2p-kad only
-    /// re-replicates hourly). At most `HANDOFF_MAX` records per new peer.
+    /// the k closest we know to a record we hold gets a copy from us if we
+    /// are the closest holder we know of, so records move to the nodes that
+    /// join nearest them (libp2p-kad only re-replicates hourly). At most
+    /// `HANDOFF_MAX` records per new peer.
     fn hand_off(&mut self, peer: PeerId) {
         let k = self.shared.config.dht.k;
+        let local = kad::KBucketKey::from(self.shared.peer_id);
         let kad = &mut self.swarm.behaviour_mut().kad;
         let keys: Vec<kad::RecordKey> = kad.store_mut().records().map(|r| r.key.clone()).collect();
         let now = Instant::now();
@@ -1671,11 +1673,18 @@ impl EventLoop {
                 continue;
             }
             let target = kad::KBucketKey::new(key.clone());
-            let among_closest = kad
-                .get_closest_local_peers(&target)
-                .take(k)
-                .any(|p| *p.preimage() == peer);
-            if !among_closest {
+            let closest: Vec<kad::KBucketKey<PeerId>> =
+                kad.get_closest_local_peers(&target).take(k).collect();
+            if !closest.iter().any(|p| *p.preimage() == peer) {
+                continue;
+            }
+            // Only the holder closest to the key (of the peers it knew
+            // before) sends, not all k of them.
+            let ours = local.distance(&target);
+            if closest
+                .iter()
+                .any(|p| *p.preimage() != peer && p.distance(&target) < ours)
+            {
                 continue;
             }
             if let Some(record) = kad.store_mut().get(&key) {
