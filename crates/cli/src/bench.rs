@@ -28,6 +28,10 @@ pub(crate) struct DhtBenchArgs {
     /// as one real node would see.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     refresh_interval: Duration,
+    /// How long the formed network is watched doing nothing for the idle
+    /// CPU figure (longer windows are steadier, and leave time to profile).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    idle: Duration,
 }
 
 /// Runs the DHT scale benchmark and prints its figures.
@@ -52,6 +56,10 @@ pub(crate) async fn dht(args: DhtBenchArgs, json: bool) -> anyhow::Result<()> {
         bail!("--refresh-interval must be above zero, e.g. 5m");
     }
     options.refresh_interval = args.refresh_interval;
+    if args.idle.is_zero() {
+        bail!("--idle must be above zero, e.g. 5s");
+    }
+    options.idle = args.idle;
     if !json {
         println!(
             "peercomm bench dht: {} nodes on the memory transport (seed {seed})",

@@ -192,6 +192,9 @@ enum Internal {
     RecordStored {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        /// What the record says of the peer as a relay, when it is newer
+        /// than what we held (a stale record teaches nothing).
+        relay: Option<Option<crate::onion::path::Relay>>,
     },
     Rescheduled,
     /// The answer to an attempt was processed (and a receipt committed).
@@ -780,19 +783,27 @@ impl EventLoop {
                 first_seen_ms: now,
                 last_seen_ms: now,
             };
-            match store.upsert_peer(&row) {
+            let fresh = match store.upsert_peer(&row) {
                 Ok(UpsertOutcome::Stale) => {
                     bump(&stats.records_rejected);
+                    false
                 }
-                Ok(_) => bump(&stats.records_accepted),
-                Err(e) => tracing::warn!("cannot store the record of {from}: {e}"),
-            }
+                Ok(_) => {
+                    bump(&stats.records_accepted);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("cannot store the record of {from}: {e}");
+                    false
+                }
+            };
             // Whatever we hold now, messages to this peer can go out.
             if let Err(e) = store.reschedule_recipient(&from.to_base58(), now) {
                 tracing::warn!("cannot reschedule messages to {from}: {e}");
             }
             Some(Internal::RecordStored {
                 peer: from,
+                relay: fresh.then(|| onion::relay_of(&record)),
                 addrs: record.addrs,
             })
         });
@@ -1208,10 +1219,10 @@ impl EventLoop {
                         .send_response(channel, response);
                 }
             }
-            Internal::RecordStored { peer, addrs } => {
+            Internal::RecordStored { peer, addrs, relay } => {
                 self.route.note_relays(peer, &addrs);
-                if self.onion.relays_wanted() {
-                    self.refresh_relays(true);
+                if let Some(relay) = relay.filter(|_| peer != self.shared.peer_id) {
+                    self.onion.learn_relay(peer, relay);
                 }
                 for addr in addrs {
                     self.swarm.add_peer_address(peer, addr);

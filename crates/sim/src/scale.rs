@@ -31,6 +31,8 @@ pub struct DhtScaleOptions {
     pub wave: usize,
     /// Each node's routing-table refresh interval.
     pub refresh_interval: Duration,
+    /// How long the formed network is watched idle for its CPU use.
+    pub idle: Duration,
 }
 
 impl DhtScaleOptions {
@@ -44,6 +46,7 @@ impl DhtScaleOptions {
             join_timeout: Duration::from_secs(1800),
             wave: 50,
             refresh_interval: Duration::from_secs(300),
+            idle: Duration::from_secs(5),
         }
     }
 }
@@ -264,7 +267,7 @@ pub async fn dht_scale(
             .unwrap_or(0);
     }
     let (cpu_before, idle_start) = (cpu_secs(), Instant::now());
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(options.idle).await;
     let idle_cpu_percent =
         100.0 * (cpu_secs() - cpu_before) / idle_start.elapsed().as_secs_f64().max(0.001);
     progress(&format!(

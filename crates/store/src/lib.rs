@@ -12,6 +12,7 @@
 mod dht;
 mod error;
 mod inbox;
+mod mailbox;
 mod migrations;
 mod outbox;
 mod peers;
@@ -27,6 +28,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 pub use dht::DhtRecordRow;
 pub use error::{OpenError, StoreError};
 pub use inbox::{IncomingMessage, NewIncoming};
+pub use mailbox::{
+    DepositOutcome, MailItem, MailKind, MailboxPurge, MailboxQuotas, MailboxStats, NewMailItem,
+    QuotaExceeded,
+};
 pub use migrations::LATEST_VERSION;
 pub use outbox::{AttemptUpdate, DeliveryState, NewOutgoing, OutgoingMessage, ParseStateError};
 pub use peers::{PeerRow, UpsertOutcome};

@@ -147,10 +147,37 @@ ALTER TABLE outbox DROP COLUMN route;
 ALTER TABLE outbox RENAME COLUMN route_v6 TO route;
 ",
     },
+    Migration {
+        version: 7,
+        name: "20261126100000_mailbox",
+        sql: "
+CREATE TABLE mailbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         BLOB    NOT NULL CHECK (length(id) = 16),
+    kind       TEXT    NOT NULL CHECK (kind IN ('envelope','receipt')),
+    recipient  TEXT    NOT NULL,
+    depositor  TEXT    NOT NULL,
+    item       BLOB    NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    stored_ms  INTEGER NOT NULL,
+    UNIQUE (recipient, id, kind)
+);
+CREATE INDEX mailbox_recipient ON mailbox (recipient, seq);
+CREATE INDEX mailbox_depositor ON mailbox (depositor);
+CREATE INDEX mailbox_expiry ON mailbox (expires_ms);
+CREATE TABLE mailbox_acked (
+    recipient  TEXT    NOT NULL,
+    id         BLOB    NOT NULL CHECK (length(id) = 16),
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (recipient, id)
+) WITHOUT ROWID;
+CREATE INDEX mailbox_acked_expiry ON mailbox_acked (expires_ms);
+",
+    },
 ];
 
 /// The highest schema version this build knows.
-pub const LATEST_VERSION: u32 = 6;
+pub const LATEST_VERSION: u32 = 7;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,

@@ -14,6 +14,7 @@ mod frame;
 mod id;
 mod identity;
 pub mod limits;
+mod mailbox;
 mod onion;
 mod receipt;
 mod record;
@@ -39,13 +40,19 @@ pub use frame::{decode_frame, decode_frame_len, encode_frame};
 pub use id::MessageId;
 pub use identity::{node_address, peer_of_node_address};
 pub use limits::*;
+pub use mailbox::{
+    sign_mail_ack, verify_mail_ack, MailAck, MailPayload, MailboxRequest, MailboxResponse,
+    PagedItem, MAIL_ACK_SIG_DOMAIN, MAIL_PAGE_BYTES, MAX_MAIL_ACK_BYTES, MAX_MAIL_IDS,
+    MAX_MAIL_PAGE_ITEMS,
+};
 pub use onion::{
     decode_onion_packet, encode_onion_packet, OnionAck, OnionContent, MAX_ONION_BODY_BYTES,
     MAX_ONION_ENVELOPE_BYTES, MAX_ONION_PAYLOAD_BYTES, ONION_PACKET_BYTES, ONION_PAYLOAD_BYTES,
     PROBE_NONCE_BYTES, SPHINX_HEADER_BYTES, SURB_BYTES,
 };
 pub use receipt::{
-    sign_receipt, sign_receipt_message, verify_receipt, verify_signed_receipt, ReceiptInfo,
+    open_receipt, sign_receipt, sign_receipt_message, verify_receipt, verify_signed_receipt,
+    ReceiptInfo,
 };
 pub use record::{verify_record, OnionKey, PeerRecord};
 pub use response::MsgResponse;

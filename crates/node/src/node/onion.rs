@@ -33,10 +33,13 @@ use crate::NodeEvent;
 const MAX_WAITING: usize = 1024;
 /// Our messages waiting for their answer through a SURB, at most.
 const MAX_SENT: usize = 4096;
-/// How often the relays we know are read again from the store.
-const RELAYS_EVERY_MS: u64 = 30_000;
+/// How often the relays we know are read again from the store (dropping
+/// expired records); in between, each record stored updates the set.
+const RELAYS_EVERY_MS: u64 = 600_000;
 /// Records of routing-table peers fetched at once when relays are few.
 const DISCOVER_AT_ONCE: usize = 8;
+/// The least time between two such fetches.
+const DISCOVER_EVERY_MS: u64 = 30_000;
 /// Peer records read when looking for relays.
 const RELAYS_READ: u32 = 2000;
 
@@ -78,6 +81,7 @@ pub(super) struct OnionState {
     relays: Vec<Relay>,
     relays_read_ms: Option<u64>,
     reading_relays: bool,
+    discovered_ms: Option<u64>,
     waiting: HashMap<u64, Vec<OnionSend>>,
     probes: HashMap<[u8; PROBE_NONCE_BYTES], u64>,
     outbound: HashMap<OutboundRequestId, Outbound>,
@@ -110,6 +114,7 @@ impl OnionState {
             relays: Vec::new(),
             relays_read_ms: None,
             reading_relays: false,
+            discovered_ms: None,
             waiting: HashMap::new(),
             probes: HashMap::new(),
             outbound: HashMap::new(),
@@ -163,6 +168,17 @@ impl OnionState {
         self.relays.len() < 2 * self.paths.hops() + 2
     }
 
+    /// A peer record was stored: `relay` is what it says of the peer as
+    /// a relay (`None`: not one, or no longer).
+    pub(super) fn learn_relay(&mut self, peer: PeerId, relay: Option<Relay>) {
+        self.relays.retain(|r| r.peer != peer);
+        if let Some(relay) = relay {
+            if self.relays.len() < RELAYS_READ as usize {
+                self.relays.push(relay);
+            }
+        }
+    }
+
     fn waiting_len(&self) -> usize {
         self.waiting.values().map(Vec::len).sum()
     }
@@ -178,39 +194,43 @@ fn relays_in_store(store: &peercomm_store::Store, now_ms: u64) -> Vec<Relay> {
         }
     };
     rows.iter()
-        .filter_map(|row| {
-            let record = peercomm_wire::verify_record(&row.record, now_ms).ok()?;
-            if !record.roles.iter().any(|r| r == Role::Relay.as_str()) {
-                return None;
-            }
-            let onion = record.onion?;
-            Some(Relay {
-                peer: record.peer_id,
-                node: peercomm_wire::node_address(&record.peer_id)?,
-                onion_key: onion.key,
-                epoch: onion.epoch,
-                prefix: prefix_of(&record.addrs),
-            })
-        })
+        .filter_map(|row| relay_of(&peercomm_wire::verify_record(&row.record, now_ms).ok()?))
         .collect()
+}
+
+/// What a verified peer record says of its peer as a relay: `None` unless
+/// it has the relay role and an onion key.
+pub(super) fn relay_of(record: &peercomm_wire::PeerRecord) -> Option<Relay> {
+    if !record.roles.iter().any(|r| r == Role::Relay.as_str()) {
+        return None;
+    }
+    let onion = record.onion?;
+    Some(Relay {
+        peer: record.peer_id,
+        node: peercomm_wire::node_address(&record.peer_id)?,
+        onion_key: onion.key,
+        epoch: onion.epoch,
+        prefix: prefix_of(&record.addrs),
+    })
 }
 
 impl EventLoop {
     /// Reads the relays we know again, if it is time (or `now` is true).
+    /// Too few relays known: asks the DHT for more now and then.
     pub(super) fn refresh_relays(&mut self, now: bool) {
         let now_ms = self.now_ms();
-        let due = self
-            .onion
-            .relays_read_ms
-            .is_none_or(|at| now_ms.saturating_sub(at) >= RELAYS_EVERY_MS);
-        if self.onion.reading_relays || !(now || due) {
+        let since =
+            |at: Option<u64>, every: u64| at.is_none_or(|at| now_ms.saturating_sub(at) >= every);
+        if self.onion.relays_wanted() && since(self.onion.discovered_ms, DISCOVER_EVERY_MS) {
+            self.onion.discovered_ms = Some(now_ms);
+            self.discover_relays();
+        }
+        if self.onion.reading_relays || !(now || since(self.onion.relays_read_ms, RELAYS_EVERY_MS))
+        {
             return;
         }
         self.onion.reading_relays = true;
         self.onion.relays_read_ms = Some(now_ms);
-        if self.onion.relays_wanted() {
-            self.discover_relays();
-        }
         self.background(move |store| {
             Some(Internal::OnionRelays {
                 relays: relays_in_store(store, now_ms),
