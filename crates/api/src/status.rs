@@ -143,6 +143,22 @@ pub(crate) struct Stats {
     pub(crate) onion_path_checks: u64,
     /// Relays of this node's onion paths that failed (each is replaced).
     pub(crate) onion_hop_failures: u64,
+    /// Items this node's mailbox stored for others (deposits and replicas).
+    pub(crate) mailbox_stored: u64,
+    /// Deposits this node's mailbox refused (quota, rate, TTL, invalid).
+    pub(crate) mailbox_refused: u64,
+    /// Fetches this node's mailbox answered.
+    pub(crate) mailbox_fetches: u64,
+    /// Signed acknowledgements this node's mailbox applied.
+    pub(crate) mailbox_acks: u64,
+    /// Items this node's mailbox purged unacknowledged at expiry.
+    pub(crate) mailbox_expired: u64,
+    /// Replicas of this node's messages that mailboxes accepted.
+    pub(crate) mailbox_deposited: u64,
+    /// Messages this node received from its mailboxes (first copies).
+    pub(crate) mailbox_drained: u64,
+    /// Receipts for this node's messages that came by the mailbox protocol.
+    pub(crate) mailbox_receipts: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -204,6 +220,14 @@ impl From<StatsSnapshot> for Stats {
             onion_unreachable,
             onion_path_checks,
             onion_hop_failures,
+            mailbox_stored,
+            mailbox_refused,
+            mailbox_fetches,
+            mailbox_acks,
+            mailbox_expired,
+            mailbox_deposited,
+            mailbox_drained,
+            mailbox_receipts,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -258,6 +282,14 @@ impl From<StatsSnapshot> for Stats {
             onion_unreachable,
             onion_path_checks,
             onion_hop_failures,
+            mailbox_stored,
+            mailbox_refused,
+            mailbox_fetches,
+            mailbox_acks,
+            mailbox_expired,
+            mailbox_deposited,
+            mailbox_drained,
+            mailbox_receipts,
             wire_bytes_in,
             wire_bytes_out,
         }

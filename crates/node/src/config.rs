@@ -46,6 +46,9 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Onion routing (Sphinx packets through relays).
     pub onion: OnionConfig,
+    /// Mailboxes for offline peers (what this node keeps for others, and
+    /// how it uses others' mailboxes).
+    pub mailbox: MailboxConfig,
 }
 
 /// A service a node offers others.
@@ -178,6 +181,78 @@ impl Default for OnionConfig {
             forward_per_peer_per_minute: 600,
             max_pending: 1024,
             keep_hop_log: false,
+        }
+    }
+}
+
+/// Mailboxes (`/peercomm/mailbox/1.0.0`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Mailboxes a message for an offline peer is deposited at (R).
+    pub replicas: usize,
+    /// The longest a mailbox keeps an item: deposits expiring later are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Items held for one recipient, at most (0 = no limit).
+    pub per_recipient_items: u64,
+    /// Bytes held for one recipient, at most (0 = no limit).
+    pub per_recipient_bytes: u64,
+    /// Items held from one sender over all recipients, at most (0 = no limit).
+    pub per_sender_items: u64,
+    /// Bytes held from one sender over all recipients, at most (0 = no limit).
+    pub per_sender_bytes: u64,
+    /// Items one sender may have waiting for one recipient (0 = no limit).
+    pub per_pair_items: u64,
+    /// Bytes the mailbox holds in all, at most (0 = no limit).
+    pub total_bytes: u64,
+    /// Mailbox requests one peer may make per minute (0 = no limit).
+    pub requests_per_peer_per_minute: u32,
+    /// Items fetched per page when draining our mailboxes.
+    pub fetch_page: u32,
+    /// Our mailboxes are drained this often (and at start, and when one
+    /// tells us it holds something).
+    #[serde(with = "humantime_serde")]
+    pub drain_interval: Duration,
+    /// Held items are re-replicated to the recipient's current mailbox set
+    /// this often.
+    #[serde(with = "humantime_serde")]
+    pub replicate_interval: Duration,
+    /// Expired items, tombstones and messages are purged this often.
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 4,
+            max_ttl: Duration::from_secs(14 * 24 * 3600),
+            per_recipient_items: 10_000,
+            per_recipient_bytes: 64 * 1024 * 1024,
+            per_sender_items: 10_000,
+            per_sender_bytes: 64 * 1024 * 1024,
+            per_pair_items: 1_000,
+            total_bytes: 1024 * 1024 * 1024,
+            requests_per_peer_per_minute: 600,
+            fetch_page: 64,
+            drain_interval: Duration::from_secs(5 * 60),
+            replicate_interval: Duration::from_secs(10 * 60),
+            cleanup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl MailboxConfig {
+    /// The quotas the store enforces on deposits.
+    pub fn quotas(&self) -> peercomm_store::MailboxQuotas {
+        peercomm_store::MailboxQuotas {
+            per_recipient_items: self.per_recipient_items,
+            per_recipient_bytes: self.per_recipient_bytes,
+            per_depositor_items: self.per_sender_items,
+            per_depositor_bytes: self.per_sender_bytes,
+            per_pair_items: self.per_pair_items,
+            total_bytes: self.total_bytes,
         }
     }
 }
@@ -340,6 +415,7 @@ impl Default for Config {
             roles: vec![Role::Relay, Role::Mailbox],
             routing: RoutingConfig::default(),
             onion: OnionConfig::default(),
+            mailbox: MailboxConfig::default(),
         }
     }
 }
@@ -575,6 +651,36 @@ impl Config {
                 });
             }
         }
+        let m = &self.mailbox;
+        if !(1..=20).contains(&m.replicas) {
+            return Err(ConfigError::Value {
+                key: "mailbox.replicas",
+                problem: format!("{} is out of range; expected 1 to 20", m.replicas),
+            });
+        }
+        if !(1..=peercomm_wire::MAX_MAIL_PAGE_ITEMS as u32).contains(&m.fetch_page) {
+            return Err(ConfigError::Value {
+                key: "mailbox.fetch_page",
+                problem: format!(
+                    "{} is out of range; expected 1 to {}",
+                    m.fetch_page,
+                    peercomm_wire::MAX_MAIL_PAGE_ITEMS
+                ),
+            });
+        }
+        for (key, d) in [
+            ("mailbox.max_ttl", m.max_ttl),
+            ("mailbox.drain_interval", m.drain_interval),
+            ("mailbox.replicate_interval", m.replicate_interval),
+            ("mailbox.cleanup_interval", m.cleanup_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: "expected a duration above zero".into(),
+                });
+            }
+        }
         let n = &self.network;
         if n.ping_interval < Duration::from_secs(1) {
             return Err(ConfigError::Value {
@@ -673,6 +779,18 @@ key_rotation = "{okr}"               # make (and publish) a new onion key this o
 key_grace = "{okg}"                   # the previous key keeps working this long
 max_replay_tags = {omr}         # per key epoch; a full epoch rotates the key at once
 forward_per_peer_per_minute = {ofp}   # relayed packets per previous hop (0 = no limit)
+
+[mailbox]
+replicas = {mr}                      # mailboxes each message for an offline peer goes to
+max_ttl = "{mmt}"                  # the longest this node keeps an item for others
+per_recipient_items = {mpri}        # quotas at this node's mailbox (0 = no limit)
+per_recipient_bytes = {mprb}
+per_sender_items = {mpsi}
+per_sender_bytes = {mpsb}
+per_pair_items = {mppi}              # one sender's items waiting for one recipient
+total_bytes = {mtb}
+requests_per_peer_per_minute = {mrpm}
+drain_interval = "{mdi}"            # fetch from our own mailboxes this often
 "#,
         listen = d
             .listen
@@ -709,6 +827,16 @@ forward_per_peer_per_minute = {ofp}   # relayed packets per previous hop (0 = no
         okg = humantime::format_duration(d.onion.key_grace),
         omr = d.onion.max_replay_tags,
         ofp = d.onion.forward_per_peer_per_minute,
+        mr = d.mailbox.replicas,
+        mmt = humantime::format_duration(d.mailbox.max_ttl),
+        mpri = d.mailbox.per_recipient_items,
+        mprb = d.mailbox.per_recipient_bytes,
+        mpsi = d.mailbox.per_sender_items,
+        mpsb = d.mailbox.per_sender_bytes,
+        mppi = d.mailbox.per_pair_items,
+        mtb = d.mailbox.total_bytes,
+        mrpm = d.mailbox.requests_per_peer_per_minute,
+        mdi = humantime::format_duration(d.mailbox.drain_interval),
     )
 }
 

@@ -24,6 +24,7 @@ pub mod delivery;
 pub mod dht;
 mod handle;
 pub mod identity;
+pub mod mailbox;
 pub mod msg;
 mod node;
 mod observed;
@@ -34,8 +35,8 @@ mod transport;
 
 pub use clock::{Clock, SystemClock, TestClock};
 pub use config::{
-    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, OnionConfig, Role,
-    RoutingConfig,
+    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, MailboxConfig,
+    OnionConfig, Role, RoutingConfig,
 };
 pub use handle::{
     ConnectedPeer, DialError, FindError, InboxQuery, NodeHandle, OnionStatus, QueryError,

@@ -41,12 +41,14 @@ use crate::dht::{diversity, peer_key, validate::validate, DhtStats, Rejection, K
 use crate::handle::FindError;
 use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
 use crate::identity::{Identity, IdentityError};
+use crate::mailbox::MAILBOX_PROTOCOL;
 use crate::msg::{FrameCodec, MSG_PROTOCOL, RECORD_PROTOCOL};
 use crate::observed::ObservedAddrs;
 use crate::onion::ONION_PROTOCOL;
 use crate::routing::{Router, ROUTE_PROTOCOL};
 use crate::stats::{bump, Stats};
 
+mod mailbox;
 mod onion;
 mod route;
 use crate::transport::{Counted, WireCounters};
@@ -146,6 +148,7 @@ struct Behaviour {
     record: request_response::Behaviour<FrameCodec>,
     route: request_response::Behaviour<FrameCodec>,
     onion: request_response::Behaviour<FrameCodec>,
+    mailbox: request_response::Behaviour<FrameCodec>,
     kad: RateLimitedKad,
 }
 
@@ -218,6 +221,21 @@ enum Internal {
         surb: Vec<u8>,
         answer: Option<peercomm_wire::MsgResponse>,
     },
+    /// A mailbox request served against the store.
+    MailboxServed {
+        token: u64,
+        from: PeerId,
+        response: Vec<u8>,
+        effect: crate::mailbox::Effect,
+    },
+    /// Our message `id`, read for a deposit: its recipient and envelope,
+    /// or `None` if it needs no deposit.
+    MailboxDepositReady {
+        id: MessageId,
+        found: Option<(PeerId, Vec<u8>)>,
+    },
+    /// A page from one of our mailboxes was stored.
+    MailboxDrained(mailbox::Drained),
 }
 
 impl Node {
@@ -354,6 +372,7 @@ impl Node {
             observed: ObservedAddrs::default(),
             dht: DhtState::default(),
             onion,
+            mailbox: mailbox::MailboxState::new(&options.config.mailbox),
             route: route::RouteState::new(Router::new(
                 shared.peer_id,
                 options.config.routing.clone(),
@@ -479,12 +498,17 @@ fn build_swarm(
                 record: request_response::Behaviour::with_codec(
                     codec.clone(),
                     [(RECORD_PROTOCOL, ProtocolSupport::Full)],
-                    rr_config,
+                    rr_config.clone(),
                 ),
                 route: request_response::Behaviour::with_codec(
                     codec.clone(),
                     [(ROUTE_PROTOCOL, ProtocolSupport::Full)],
                     route_config,
+                ),
+                mailbox: request_response::Behaviour::with_codec(
+                    codec.clone(),
+                    [(MAILBOX_PROTOCOL, ProtocolSupport::Full)],
+                    rr_config,
                 ),
                 onion: request_response::Behaviour::with_codec(
                     codec,
@@ -557,6 +581,7 @@ struct EventLoop {
     dht: DhtState,
     route: route::RouteState,
     onion: onion::OnionState,
+    mailbox: mailbox::MailboxState,
 }
 
 /// The event loop's view of the DHT.
@@ -873,6 +898,7 @@ impl EventLoop {
         }
         self.dht_tick();
         self.onion_tick();
+        self.mailbox_tick();
         let ttl_ms =
             u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
         if self.now_ms().saturating_sub(self.record_signed_ms) > ttl_ms / 2 {
@@ -1238,6 +1264,14 @@ impl EventLoop {
             Internal::Settled => {}
             Internal::OnionRelays { relays } => self.on_onion_relays(relays),
             Internal::OnionAnswer { surb, answer } => self.onion_answer(surb, answer),
+            Internal::MailboxServed {
+                token,
+                from,
+                response,
+                effect,
+            } => self.on_mailbox_served(token, from, response, effect),
+            Internal::MailboxDepositReady { id, found } => self.on_deposit_ready(id, found),
+            Internal::MailboxDrained(drained) => self.on_drained(drained),
         }
     }
 
@@ -1590,6 +1624,13 @@ impl EventLoop {
                     self.on_found_record(id, found.record, &stats);
                 }
                 kad::QueryResult::GetRecord(_) if step.last => self.finish_lookup(id, &stats),
+                kad::QueryResult::GetClosestPeers(result) if self.mailbox.owns(&id) => {
+                    let peers = match result {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    self.on_mailbox_placement(id, peers.into_iter().map(|p| p.peer_id).collect());
+                }
                 _ => {}
             },
             _ => {}
@@ -1857,6 +1898,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Record(event)) => self.on_record_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Route(event)) => self.on_route_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Onion(event)) => self.on_onion_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => self.on_mailbox_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1943,6 +1985,7 @@ impl EventLoop {
                     self.in_flight_ids.remove(&id);
                     bump(&self.shared.stats.attempt_failures);
                     tracing::debug!(%peer, %id, "attempt failed: {error}");
+                    self.mailbox_deposit(id);
                     let note = format!("attempt failed: {error}");
                     let now = self.now_ms();
                     self.background(move |store| {

@@ -109,6 +109,22 @@ pub(crate) struct Stats {
     pub(crate) onion_path_checks: AtomicU64,
     /// Relays of this node's onion paths that failed (each is replaced).
     pub(crate) onion_hop_failures: AtomicU64,
+    /// Items this node's mailbox stored for others (deposits and replicas).
+    pub(crate) mailbox_stored: AtomicU64,
+    /// Deposits this node's mailbox refused (quota, rate, TTL, invalid).
+    pub(crate) mailbox_refused: AtomicU64,
+    /// Fetches this node's mailbox answered.
+    pub(crate) mailbox_fetches: AtomicU64,
+    /// Signed acknowledgements this node's mailbox applied.
+    pub(crate) mailbox_acks: AtomicU64,
+    /// Items this node's mailbox purged unacknowledged at expiry.
+    pub(crate) mailbox_expired: AtomicU64,
+    /// Replicas of this node's messages that mailboxes accepted.
+    pub(crate) mailbox_deposited: AtomicU64,
+    /// Messages this node received from its mailboxes (first copies).
+    pub(crate) mailbox_drained: AtomicU64,
+    /// Receipts for this node's messages that came by the mailbox protocol.
+    pub(crate) mailbox_receipts: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -165,6 +181,14 @@ pub struct StatsSnapshot {
     pub onion_unreachable: u64,
     pub onion_path_checks: u64,
     pub onion_hop_failures: u64,
+    pub mailbox_stored: u64,
+    pub mailbox_refused: u64,
+    pub mailbox_fetches: u64,
+    pub mailbox_acks: u64,
+    pub mailbox_expired: u64,
+    pub mailbox_deposited: u64,
+    pub mailbox_drained: u64,
+    pub mailbox_receipts: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -392,6 +416,46 @@ impl StatsSnapshot {
                 self.onion_hop_failures,
             ),
             (
+                "peercomm_mailbox_stored",
+                "Items this node's mailbox stored for others (deposits and replicas).",
+                self.mailbox_stored,
+            ),
+            (
+                "peercomm_mailbox_refused",
+                "Deposits this node's mailbox refused (quota, rate, TTL, invalid).",
+                self.mailbox_refused,
+            ),
+            (
+                "peercomm_mailbox_fetches",
+                "Fetches this node's mailbox answered.",
+                self.mailbox_fetches,
+            ),
+            (
+                "peercomm_mailbox_acks",
+                "Signed acknowledgements this node's mailbox applied.",
+                self.mailbox_acks,
+            ),
+            (
+                "peercomm_mailbox_expired",
+                "Items this node's mailbox purged unacknowledged at expiry.",
+                self.mailbox_expired,
+            ),
+            (
+                "peercomm_mailbox_deposited",
+                "Replicas of this node's messages that mailboxes accepted.",
+                self.mailbox_deposited,
+            ),
+            (
+                "peercomm_mailbox_drained",
+                "Messages this node received from its mailboxes (first copies).",
+                self.mailbox_drained,
+            ),
+            (
+                "peercomm_mailbox_receipts",
+                "Receipts for this node's messages that came by the mailbox protocol.",
+                self.mailbox_receipts,
+            ),
+            (
                 "peercomm_wire_bytes_in",
                 "Bytes read from TCP sockets.",
                 self.wire_bytes_in,
@@ -485,6 +549,14 @@ impl Stats {
             onion_unreachable: g(&self.onion_unreachable),
             onion_path_checks: g(&self.onion_path_checks),
             onion_hop_failures: g(&self.onion_hop_failures),
+            mailbox_stored: g(&self.mailbox_stored),
+            mailbox_refused: g(&self.mailbox_refused),
+            mailbox_fetches: g(&self.mailbox_fetches),
+            mailbox_acks: g(&self.mailbox_acks),
+            mailbox_expired: g(&self.mailbox_expired),
+            mailbox_deposited: g(&self.mailbox_deposited),
+            mailbox_drained: g(&self.mailbox_drained),
+            mailbox_receipts: g(&self.mailbox_receipts),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

@@ -410,6 +410,18 @@ impl Store {
             .map_err(sql("mailbox_acked"))
     }
 
+    /// Whether an item with `id` for `recipient` is held here or was acknowledged (a replica
+    /// offered it need not be sent).
+    pub fn mailbox_holds(&self, recipient: &str, id: &[u8; 16]) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM mailbox WHERE recipient = ?1 AND id = ?2) \
+                 OR EXISTS (SELECT 1 FROM mailbox_acked WHERE recipient = ?1 AND id = ?2)",
+            )
+            .and_then(|mut s| s.query_row(params![recipient, id], |r| r.get(0)))
+            .map_err(sql("mailbox_holds"))
+    }
+
     /// Recipients with items held, after `after` in lexical order, at most
     /// `min(limit, MAX_PAGE)` (for re-replication, which walks them all page by page).
     pub fn mailbox_recipients(
@@ -554,6 +566,8 @@ mod tests {
         );
         assert!(store.mailbox_fetch("bob", None, 20, 10).unwrap().is_empty());
         assert!(store.mailbox_acked("bob", &[1; 16]).unwrap());
+        assert!(store.mailbox_holds("bob", &[1; 16]).unwrap());
+        assert!(!store.mailbox_holds("bob", &[3; 16]).unwrap());
         // An id acked before any copy arrived is refused too (a late replica).
         assert!(store.mailbox_acked("bob", &[2; 16]).unwrap());
         for id in [1, 2] {

@@ -448,6 +448,26 @@ impl Store {
         Ok(true)
     }
 
+    /// Moves a message to an in-transit state (`sent`, `routed`, `onion`) after an attempt
+    /// went out, unless it is terminal or already `stored` in mailboxes (a later attempt does
+    /// not make the copies held there go away). Returns whether the state changed.
+    pub fn set_in_transit(
+        &mut self,
+        id: &[u8; 16],
+        state: DeliveryState,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE outbox SET state = ?2, updated_ms = ?3 WHERE id = ?1 \
+                 AND state NOT IN ('stored','delivered','expired','failed') AND state != ?2",
+            )
+            .and_then(|mut s| s.execute(params![id, state, now_ms]))
+            .map_err(sql("set_in_transit"))?;
+        Ok(n == 1)
+    }
+
     /// Marks a message delivered and stores its receipt, in one transaction. Returns `false`
     /// (and writes nothing) if the message is already terminal (e.g. delivered before).
     pub fn mark_delivered(
@@ -775,6 +795,15 @@ mod tests {
             let m = msg(n, "bob", 0, 100);
             store.insert_outgoing(&m).unwrap();
             assert!(store.set_state(&m.id, DeliveryState::Sent, 101).unwrap());
+            // In transit again after being stored in mailboxes: it stays stored.
+            assert!(store.set_state(&m.id, DeliveryState::Stored, 101).unwrap());
+            assert!(!store
+                .set_in_transit(&m.id, DeliveryState::Routed, 102)
+                .unwrap());
+            assert_eq!(
+                store.get_outgoing(&m.id).unwrap().unwrap().state,
+                DeliveryState::Stored
+            );
             assert!(store.set_state(&m.id, terminal, 102).unwrap());
             for next in DeliveryState::ALL {
                 assert!(!store.set_state(&m.id, next, 103).unwrap());

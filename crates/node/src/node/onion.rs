@@ -407,7 +407,7 @@ impl EventLoop {
         let now_ms = self.now_ms();
         let events = self.shared.events.clone();
         self.background(move |store| {
-            if let Ok(true) = store.set_state(id.as_bytes(), DeliveryState::Onion, now_ms) {
+            if let Ok(true) = store.set_in_transit(id.as_bytes(), DeliveryState::Onion, now_ms) {
                 let _ = events.send(NodeEvent::MessageState {
                     id,
                     state: DeliveryState::Onion,

@@ -171,7 +171,8 @@ impl EventLoop {
             let now_ms = self.now_ms();
             let events = self.shared.events.clone();
             self.background(move |store| {
-                if let Ok(true) = store.set_state(id.as_bytes(), DeliveryState::Routed, now_ms) {
+                if let Ok(true) = store.set_in_transit(id.as_bytes(), DeliveryState::Routed, now_ms)
+                {
                     let _ = events.send(NodeEvent::MessageState {
                         id,
                         state: DeliveryState::Routed,
@@ -511,6 +512,7 @@ impl EventLoop {
         self.in_flight_ids.remove(&id);
         bump(&self.shared.stats.attempt_failures);
         tracing::debug!(%id, "routed attempt failed: {note}");
+        self.mailbox_deposit(id);
         let note = note.to_string();
         let now = self.now_ms();
         self.background(move |store| {

@@ -1,0 +1,695 @@
+//! The event loop's side of mailboxes: serving requests (through the
+//! sans-IO [`crate::mailbox::serve`]), depositing our messages for offline
+//! recipients at their mailboxes, draining our own mailboxes, acknowledging
+//! what we stored, and passing receipts back to senders (directly, or into
+//! their mailboxes).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use libp2p::kad::QueryId;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::PeerId;
+use peercomm_store::DeliveryState;
+use peercomm_wire::pb::{MailDepositCode, MailRefusalCode};
+use peercomm_wire::{MailPayload, MailboxRequest, MailboxResponse, MessageId};
+
+use super::{accept_envelope, EventLoop, Internal};
+use crate::config::{MailboxConfig, Role};
+use crate::mailbox::{mailbox_key, serve, take_receipt, Context, Effect, OwnReceipt};
+use crate::routing::quota::ForwardQuota;
+use crate::stats::bump;
+use crate::NodeEvent;
+
+/// Deposit rounds (our messages and receipts we pass on) at once, at most.
+const MAX_ROUNDS: usize = 1024;
+/// Candidates beyond R a round may fall back to when mailboxes refuse.
+const SPARE_CANDIDATES: usize = 4;
+
+/// Where a mailbox lookup's answer goes.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    /// Deposit round `0`.
+    Deposit(u64),
+    /// Our own mailboxes, to drain.
+    Drain,
+}
+
+/// An outbound mailbox request of ours.
+#[derive(Debug)]
+enum Outbound {
+    Deposit {
+        round: u64,
+    },
+    Fetch {
+        mailbox: PeerId,
+    },
+    /// A receipt handed to the sender itself; on failure it goes to the
+    /// sender's mailboxes.
+    ReceiptDirect {
+        sender: PeerId,
+        receipt: Vec<u8>,
+    },
+    /// Acks and notifications: the answer changes nothing.
+    Quiet,
+}
+
+/// One item on its way to R mailboxes.
+#[derive(Debug)]
+struct Round {
+    /// Our message, whose outbox row records the replicas; `None` for a
+    /// receipt we pass on.
+    own: Option<MessageId>,
+    /// Whose mailboxes.
+    recipient: PeerId,
+    payload: MailPayload,
+    candidates: VecDeque<PeerId>,
+    pending: usize,
+    accepted: u32,
+}
+
+/// Mailbox state kept by the event loop.
+pub(super) struct MailboxState {
+    quota: ForwardQuota,
+    channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    next_token: u64,
+    lookups: HashMap<QueryId, Placement>,
+    outbound: HashMap<OutboundRequestId, Outbound>,
+    rounds: HashMap<u64, Round>,
+    next_round: u64,
+    /// Our messages with a deposit round under way (or being read).
+    depositing: HashSet<MessageId>,
+    /// Mailboxes we are fetching from.
+    draining: HashSet<PeerId>,
+    /// Our mailbox set as last found.
+    ours: Vec<PeerId>,
+    drain_lookup: bool,
+    drained_at: Option<Instant>,
+    cleaned_at: Option<Instant>,
+}
+
+impl MailboxState {
+    pub(super) fn new(config: &MailboxConfig) -> Self {
+        Self {
+            quota: ForwardQuota::new(config.requests_per_peer_per_minute, 0),
+            channels: HashMap::new(),
+            next_token: 0,
+            lookups: HashMap::new(),
+            outbound: HashMap::new(),
+            rounds: HashMap::new(),
+            next_round: 0,
+            depositing: HashSet::new(),
+            draining: HashSet::new(),
+            ours: Vec::new(),
+            drain_lookup: false,
+            drained_at: None,
+            cleaned_at: None,
+        }
+    }
+
+    /// Whether `query` is one of our mailbox lookups.
+    pub(super) fn owns(&self, query: &QueryId) -> bool {
+        self.lookups.contains_key(query)
+    }
+}
+
+/// What a drained page left to do.
+#[derive(Debug)]
+pub(super) struct Drained {
+    pub(super) mailbox: PeerId,
+    /// Ids to acknowledge (stored, or never deliverable here).
+    pub(super) acks: Vec<MessageId>,
+    /// Receipts for the senders of what we stored: (sender, signed receipt).
+    pub(super) receipts: Vec<(PeerId, Vec<u8>)>,
+    /// The cursor of the next page, if there is one.
+    pub(super) next: Option<u64>,
+}
+
+impl EventLoop {
+    // ---- serving -------------------------------------------------------------
+
+    pub(super) fn on_mailbox_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_mailbox_request(peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let response = MailboxResponse::decode(&response).unwrap_or_else(|e| {
+                        MailboxResponse::refused(
+                            MailRefusalCode::MailRefusalMalformed,
+                            e.to_string(),
+                        )
+                    });
+                    self.on_mailbox_response(request_id, peer, response);
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                peer,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "mailbox request failed: {error}");
+                let response = MailboxResponse::refused(
+                    MailRefusalCode::MailRefusalUnspecified,
+                    error.to_string(),
+                );
+                self.on_mailbox_response(request_id, peer, response);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                bump(&self.shared.stats.inbound_stream_failures);
+                tracing::debug!(%peer, "inbound mailbox stream failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_mailbox_request(
+        &mut self,
+        peer: PeerId,
+        request: Vec<u8>,
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        let respond = |this: &mut Self, channel, response: MailboxResponse| {
+            let _ = this
+                .swarm
+                .behaviour_mut()
+                .mailbox
+                .send_response(channel, response.encode());
+        };
+        if self.shutdown.is_some() {
+            return;
+        }
+        if !self
+            .mailbox
+            .quota
+            .allow(peer, request.len() as u64, Instant::now())
+        {
+            bump(&self.shared.stats.mailbox_refused);
+            let refusal = MailboxResponse::refused(
+                MailRefusalCode::MailRefusalRateLimited,
+                "too many mailbox requests; slow down",
+            );
+            respond(self, channel, refusal);
+            return;
+        }
+        let request = match MailboxRequest::decode(&request) {
+            Ok(r) => r,
+            Err(e) => {
+                bump(&self.shared.stats.rejected_malformed);
+                respond(
+                    self,
+                    channel,
+                    MailboxResponse::refused(MailRefusalCode::MailRefusalMalformed, e.to_string()),
+                );
+                return;
+            }
+        };
+        let token = self.mailbox.next_token;
+        self.mailbox.next_token += 1;
+        self.mailbox.channels.insert(token, channel);
+        let me = self.shared.peer_id;
+        let is_mailbox = self.shared.config.has_role(Role::Mailbox);
+        let config = self.shared.config.mailbox.clone();
+        let now_ms = self.now_ms();
+        self.background(move |store| {
+            let cx = Context {
+                me,
+                from: peer,
+                is_mailbox,
+                config: &config,
+                now_ms,
+            };
+            let served = serve(store, &cx, request);
+            Some(Internal::MailboxServed {
+                token,
+                from: peer,
+                response: served.response.encode(),
+                effect: served.effect,
+            })
+        });
+    }
+
+    pub(super) fn on_mailbox_served(
+        &mut self,
+        token: u64,
+        from: PeerId,
+        response: Vec<u8>,
+        effect: Effect,
+    ) {
+        if let Some(channel) = self.mailbox.channels.remove(&token) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .mailbox
+                .send_response(channel, response);
+        }
+        let stats = &self.shared.stats;
+        match effect {
+            Effect::None => {}
+            Effect::StoredFor(recipient) => {
+                bump(&stats.mailbox_stored);
+                if recipient != from && self.swarm.is_connected(&recipient) {
+                    let request = MailboxRequest::Notify { items: 1 }.encode();
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .mailbox
+                        .send_request(&recipient, request);
+                    self.mailbox.outbound.insert(id, Outbound::Quiet);
+                }
+            }
+            Effect::Delivered(id) => {
+                bump(&stats.mailbox_receipts);
+                bump(&stats.delivered);
+                self.emit(NodeEvent::MessageState {
+                    id,
+                    state: DeliveryState::Delivered,
+                });
+            }
+            Effect::Drain => self.drain_from(from),
+            Effect::Refused => bump(&stats.mailbox_refused),
+            Effect::Acked => bump(&stats.mailbox_acks),
+            Effect::Fetched => bump(&stats.mailbox_fetches),
+        }
+    }
+
+    // ---- depositing -----------------------------------------------------------
+
+    /// Our message `id` could not be delivered: unless enough mailboxes hold
+    /// it already, deposit it at the recipient's.
+    pub(super) fn mailbox_deposit(&mut self, id: MessageId) {
+        if self.shutdown.is_some()
+            || self.mailbox.depositing.len() >= MAX_ROUNDS
+            || !self.mailbox.depositing.insert(id)
+        {
+            return;
+        }
+        let replicas = self.shared.config.mailbox.replicas as u32;
+        self.background(move |store| {
+            let found = store
+                .get_outgoing(id.as_bytes())
+                .ok()
+                .flatten()
+                .and_then(|m| {
+                    let wanted = !m.state.is_terminal() && m.replicas.unwrap_or(0) < replicas;
+                    let recipient = m.recipient.parse::<PeerId>().ok()?;
+                    Some((recipient, m.envelope?)).filter(|_| wanted)
+                });
+            Some(Internal::MailboxDepositReady { id, found })
+        });
+    }
+
+    pub(super) fn on_deposit_ready(&mut self, id: MessageId, found: Option<(PeerId, Vec<u8>)>) {
+        match found {
+            Some((recipient, envelope)) => {
+                self.start_round(Some(id), recipient, MailPayload::Envelope(envelope))
+            }
+            None => {
+                self.mailbox.depositing.remove(&id);
+            }
+        }
+    }
+
+    /// Looks up `recipient`'s mailboxes, then deposits `payload` there.
+    fn start_round(&mut self, own: Option<MessageId>, recipient: PeerId, payload: MailPayload) {
+        if self.mailbox.rounds.len() >= MAX_ROUNDS {
+            if let Some(id) = own {
+                self.mailbox.depositing.remove(&id);
+            }
+            return;
+        }
+        let round = self.mailbox.next_round;
+        self.mailbox.next_round += 1;
+        self.mailbox.rounds.insert(
+            round,
+            Round {
+                own,
+                recipient,
+                payload,
+                candidates: VecDeque::new(),
+                pending: 0,
+                accepted: 0,
+            },
+        );
+        let query = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_peers(mailbox_key(&recipient));
+        self.mailbox
+            .lookups
+            .insert(query, Placement::Deposit(round));
+    }
+
+    /// The peers closest to a mailbox key, nearest first.
+    pub(super) fn on_mailbox_placement(&mut self, query: QueryId, peers: Vec<PeerId>) {
+        let Some(placement) = self.mailbox.lookups.remove(&query) else {
+            return;
+        };
+        let me = self.shared.peer_id;
+        let r = self.shared.config.mailbox.replicas;
+        match placement {
+            Placement::Deposit(round_id) => {
+                let Some(round) = self.mailbox.rounds.get_mut(&round_id) else {
+                    return;
+                };
+                let recipient = round.recipient;
+                round.candidates = peers
+                    .into_iter()
+                    .filter(|p| *p != me && *p != recipient)
+                    .take(r + SPARE_CANDIDATES)
+                    .collect();
+                for _ in 0..r {
+                    self.deposit_next(round_id);
+                }
+                self.finish_round_if_done(round_id);
+            }
+            Placement::Drain => {
+                self.mailbox.drain_lookup = false;
+                self.mailbox.ours = peers.into_iter().filter(|p| *p != me).take(r + 1).collect();
+                for mailbox in self.mailbox.ours.clone() {
+                    self.drain_from(mailbox);
+                }
+            }
+        }
+    }
+
+    /// Sends round `round_id`'s item to its next candidate, if any.
+    fn deposit_next(&mut self, round_id: u64) {
+        let Some(round) = self.mailbox.rounds.get_mut(&round_id) else {
+            return;
+        };
+        let Some(mailbox) = round.candidates.pop_front() else {
+            return;
+        };
+        round.pending += 1;
+        let request = MailboxRequest::Deposit(round.payload.clone()).encode();
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request(&mailbox, request);
+        self.mailbox
+            .outbound
+            .insert(id, Outbound::Deposit { round: round_id });
+    }
+
+    fn finish_round_if_done(&mut self, round_id: u64) {
+        let r = self.shared.config.mailbox.replicas as u32;
+        let Some(round) = self.mailbox.rounds.get(&round_id) else {
+            return;
+        };
+        if round.pending > 0 || (round.accepted < r && !round.candidates.is_empty()) {
+            return;
+        }
+        let Some(round) = self.mailbox.rounds.remove(&round_id) else {
+            return;
+        };
+        let Some(id) = round.own else {
+            if round.accepted == 0 {
+                tracing::debug!(sender = %round.recipient, "no mailbox took a receipt");
+            }
+            return;
+        };
+        self.mailbox.depositing.remove(&id);
+        if round.accepted == 0 {
+            tracing::debug!(%id, "no mailbox accepted the message; retrying later");
+            return;
+        }
+        let accepted = round.accepted;
+        let now = self.now_ms();
+        let events = self.shared.events.clone();
+        self.background(move |store| {
+            if let Err(e) = store.set_replicas(id.as_bytes(), accepted, now) {
+                tracing::warn!(%id, "cannot record replicas: {e}");
+            }
+            if let Ok(true) = store.set_state(id.as_bytes(), DeliveryState::Stored, now) {
+                let _ = events.send(NodeEvent::MessageState {
+                    id,
+                    state: DeliveryState::Stored,
+                });
+            }
+            None
+        });
+    }
+
+    fn on_mailbox_response(
+        &mut self,
+        request_id: OutboundRequestId,
+        peer: PeerId,
+        response: MailboxResponse,
+    ) {
+        let Some(outbound) = self.mailbox.outbound.remove(&request_id) else {
+            return;
+        };
+        match outbound {
+            Outbound::Deposit { round } => {
+                let took = matches!(
+                    response,
+                    MailboxResponse::Deposited {
+                        code: MailDepositCode::MailDepositStored
+                            | MailDepositCode::MailDepositDuplicate
+                            | MailDepositCode::MailDepositAcknowledged,
+                        ..
+                    }
+                );
+                if !took {
+                    tracing::debug!(%peer, ?response, "mailbox did not take the item");
+                }
+                let Some(r) = self.mailbox.rounds.get_mut(&round) else {
+                    return;
+                };
+                r.pending = r.pending.saturating_sub(1);
+                if took {
+                    r.accepted += 1;
+                    if r.own.is_some() {
+                        bump(&self.shared.stats.mailbox_deposited);
+                    }
+                } else {
+                    self.deposit_next(round);
+                }
+                self.finish_round_if_done(round);
+            }
+            Outbound::Fetch { mailbox } => match response {
+                MailboxResponse::Page { items, more } => self.on_page(mailbox, items, more),
+                other => {
+                    tracing::debug!(%mailbox, ?other, "fetch refused");
+                    self.mailbox.draining.remove(&mailbox);
+                }
+            },
+            Outbound::ReceiptDirect { sender, receipt } => {
+                let took = matches!(
+                    response,
+                    MailboxResponse::Deposited {
+                        code: MailDepositCode::MailDepositStored,
+                        ..
+                    }
+                );
+                if !took {
+                    // The sender is offline: its mailboxes keep the receipt.
+                    self.start_round(None, sender, MailPayload::Receipt(receipt));
+                }
+            }
+            Outbound::Quiet => {}
+        }
+    }
+
+    // ---- draining ---------------------------------------------------------------
+
+    /// Finds our mailboxes and fetches from each.
+    pub(super) fn mailbox_drain(&mut self) {
+        if self.mailbox.drain_lookup || self.shutdown.is_some() {
+            return;
+        }
+        self.mailbox.drained_at = Some(Instant::now());
+        self.mailbox.drain_lookup = true;
+        let me = self.shared.peer_id;
+        let query = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_closest_peers(mailbox_key(&me));
+        self.mailbox.lookups.insert(query, Placement::Drain);
+    }
+
+    /// Fetches our items from `mailbox`, page by page.
+    fn drain_from(&mut self, mailbox: PeerId) {
+        if self.shutdown.is_some() || !self.mailbox.draining.insert(mailbox) {
+            return;
+        }
+        self.fetch_page(mailbox, 0);
+    }
+
+    fn fetch_page(&mut self, mailbox: PeerId, after: u64) {
+        let limit = self.shared.config.mailbox.fetch_page;
+        let request = MailboxRequest::Fetch { after, limit }.encode();
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request(&mailbox, request);
+        self.mailbox
+            .outbound
+            .insert(id, Outbound::Fetch { mailbox });
+    }
+
+    fn on_page(&mut self, mailbox: PeerId, items: Vec<peercomm_wire::PagedItem>, more: bool) {
+        let next = if more {
+            items.last().map(|i| i.seq)
+        } else {
+            None
+        };
+        let identity = self.identity.clone();
+        let stats = self.shared.stats.clone();
+        let events = self.shared.events.clone();
+        let now = self.now_ms();
+        self.background(move |store| {
+            let mut acks = Vec::new();
+            let mut receipts = Vec::new();
+            for item in items {
+                match item.payload {
+                    MailPayload::Envelope(bytes) => {
+                        let before = stats.received.load(std::sync::atomic::Ordering::Relaxed);
+                        let answer = accept_envelope(
+                            store, &identity, &stats, &events, mailbox, &bytes, now,
+                        );
+                        if stats.received.load(std::sync::atomic::Ordering::Relaxed) > before {
+                            bump(&stats.mailbox_drained);
+                        }
+                        let Ok(verified) = peercomm_wire::verify(&bytes, now) else {
+                            continue;
+                        };
+                        let header = verified.header;
+                        match answer.result {
+                            Some(peercomm_wire::pb::msg_response::Result::Receipt(receipt)) => {
+                                acks.push(header.id);
+                                receipts
+                                    .push((header.sender, prost::Message::encode_to_vec(&receipt)));
+                            }
+                            Some(peercomm_wire::pb::msg_response::Result::Reject(reject))
+                                if reject.code
+                                    != peercomm_wire::pb::RejectCode::RejectInternal as i32 =>
+                            {
+                                // Never deliverable here: the mailbox may drop it.
+                                acks.push(header.id);
+                            }
+                            _ => {}
+                        }
+                    }
+                    MailPayload::Receipt(bytes) => {
+                        let Ok(info) = peercomm_wire::open_receipt(&bytes) else {
+                            continue;
+                        };
+                        match take_receipt(store, &info, bytes, now) {
+                            OwnReceipt::Delivered { id, fresh } => {
+                                if fresh {
+                                    bump(&stats.mailbox_receipts);
+                                    bump(&stats.delivered);
+                                    let _ = events.send(NodeEvent::MessageState {
+                                        id,
+                                        state: DeliveryState::Delivered,
+                                    });
+                                }
+                                acks.push(id);
+                            }
+                            // Not ours: drop it from the mailbox.
+                            OwnReceipt::NotOurs(_) => acks.push(info.id),
+                            OwnReceipt::Failed => {}
+                        }
+                    }
+                }
+            }
+            Some(Internal::MailboxDrained(Drained {
+                mailbox,
+                acks,
+                receipts,
+                next,
+            }))
+        });
+    }
+
+    pub(super) fn on_drained(&mut self, drained: Drained) {
+        let Drained {
+            mailbox,
+            acks,
+            receipts,
+            next,
+        } = drained;
+        if !acks.is_empty() {
+            let now = self.now_ms();
+            for chunk in acks.chunks(peercomm_wire::MAX_MAIL_IDS) {
+                match peercomm_wire::sign_mail_ack(self.identity.keypair(), chunk, now) {
+                    Ok(signed) => {
+                        // Every mailbox of ours that may hold a copy deletes it.
+                        let mut to: Vec<PeerId> = self.mailbox.ours.clone();
+                        if !to.contains(&mailbox) {
+                            to.push(mailbox);
+                        }
+                        for peer in to {
+                            let request = MailboxRequest::Ack(signed.clone()).encode();
+                            let id = self
+                                .swarm
+                                .behaviour_mut()
+                                .mailbox
+                                .send_request(&peer, request);
+                            self.mailbox.outbound.insert(id, Outbound::Quiet);
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot sign a mailbox ack: {e}"),
+                }
+            }
+        }
+        for (sender, receipt) in receipts {
+            let request = MailboxRequest::Deposit(MailPayload::Receipt(receipt.clone())).encode();
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .mailbox
+                .send_request(&sender, request);
+            self.mailbox
+                .outbound
+                .insert(id, Outbound::ReceiptDirect { sender, receipt });
+        }
+        match next {
+            Some(after) if self.shutdown.is_none() => self.fetch_page(mailbox, after),
+            _ => {
+                self.mailbox.draining.remove(&mailbox);
+            }
+        }
+    }
+
+    // ---- timers ----------------------------------------------------------------
+
+    /// Once a second: drain our mailboxes when due, purge expired items.
+    pub(super) fn mailbox_tick(&mut self) {
+        let (drain_every, clean_every) = {
+            let config = &self.shared.config.mailbox;
+            (config.drain_interval, config.cleanup_interval)
+        };
+        let due = |at: Option<Instant>, every| at.is_none_or(|at: Instant| at.elapsed() >= every);
+        if self.dht.joined && due(self.mailbox.drained_at, drain_every) {
+            self.mailbox_drain();
+        }
+        if due(self.mailbox.cleaned_at, clean_every) {
+            self.mailbox.cleaned_at = Some(Instant::now());
+            let now = self.now_ms();
+            let stats = self.shared.stats.clone();
+            self.background(move |store| {
+                match store.mailbox_purge_expired(now) {
+                    Ok(purged) => {
+                        stats
+                            .mailbox_expired
+                            .fetch_add(purged.items, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!("cannot purge expired mailbox items: {e}"),
+                }
+                None
+            });
+        }
+    }
+}

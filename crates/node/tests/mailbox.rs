@@ -1,0 +1,188 @@
+//! Offline delivery through mailboxes: real nodes on loopback, the recipient
+//! (and in one test the sender too) offline while the message waits at the
+//! mailboxes closest to the recipient's mailbox key.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use peercomm_node::{DeliveryState, InboxQuery, NodeHandle, SendOptions};
+use peercomm_sim::{wait_state, wait_until, SimNet, SimOptions, SimTransport, Topology};
+
+const NODES: usize = 8;
+
+async fn wait_joined(net: &SimNet, indices: &[usize]) -> Result<()> {
+    for &i in indices {
+        let handle = net.handle(i).clone();
+        wait_until(Duration::from_secs(60), &format!("node {i} joined"), || {
+            let handle = handle.clone();
+            async move {
+                handle.dht_stats().await.is_ok_and(|s| s.joined)
+                    && handle.stats().dht_publish_ok > 0
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn start() -> Result<SimNet> {
+    let mut options = SimOptions::new(NODES, Topology::Isolated);
+    options.bootstrap_via = Some(0);
+    options.transport = SimTransport::Tcp;
+    let net = SimNet::start(options).await?;
+    wait_joined(&net, &(0..NODES).collect::<Vec<_>>()).await?;
+    Ok(net)
+}
+
+/// How many messages from `sender` with `body` the node's inbox holds.
+async fn received(handle: &NodeHandle, body: &[u8]) -> Result<usize> {
+    let inbox = handle.inbox(InboxQuery::default()).await?;
+    Ok(inbox.iter().filter(|m| m.body == body).count())
+}
+
+/// Items all mailboxes but `except` hold, in all.
+fn held(net: &SimNet, except: &[usize]) -> u64 {
+    (0..NODES)
+        .filter(|i| !except.contains(i) && net.is_running(*i))
+        .map(|i| {
+            let s = net.handle(i).stats();
+            s.mailbox_stored
+                .saturating_sub(s.mailbox_acks.min(s.mailbox_stored))
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() -> Result<()> {
+    let mut net = start().await?;
+    let (sender, recipient) = (1, NODES - 1);
+    let to = net.peer_id(recipient);
+    net.stop(recipient).await?;
+
+    let body = b"waiting for you".to_vec();
+    let id = net
+        .handle(sender)
+        .send(to, body.clone(), SendOptions::default())
+        .await?;
+    let stored = wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Stored,
+        Duration::from_secs(60),
+    )
+    .await?;
+    // R = 4 mailboxes took it: 8 nodes, less the sender and the recipient.
+    ensure!(
+        stored.replicas == Some(4),
+        "replicas: {:?}",
+        stored.replicas
+    );
+    let holders = (0..NODES)
+        .filter(|i| *i != recipient)
+        .filter(|i| net.handle(*i).stats().mailbox_stored > 0)
+        .count();
+    ensure!(holders == 4, "{holders} mailboxes hold it");
+
+    net.restart(recipient).await?;
+    let delivered = wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await
+    .context("the receipt back to the sender")?;
+    ensure!(delivered.state == DeliveryState::Delivered);
+    // Exactly once, whether the sender's retry or the drain brought it
+    // first (the drain still fetches, de-duplicates and acknowledges it).
+    ensure!(received(net.handle(recipient), &body).await? == 1);
+    // The recipient's acknowledgement emptied every mailbox.
+    let acked = wait_until(Duration::from_secs(30), "mailboxes emptied", || {
+        let left = held(&net, &[recipient]);
+        async move { left == 0 }
+    })
+    .await;
+    ensure!(
+        acked.is_ok(),
+        "mailboxes still hold {}",
+        held(&net, &[recipient])
+    );
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_went_offline_finds_its_receipt_in_its_own_mailboxes() -> Result<()> {
+    let mut net = start().await?;
+    let (sender, recipient) = (1, NODES - 1);
+    let to = net.peer_id(recipient);
+    net.stop(recipient).await?;
+    let body = b"read this later".to_vec();
+    let id = net
+        .handle(sender)
+        .send(to, body.clone(), SendOptions::default())
+        .await?;
+    wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Stored,
+        Duration::from_secs(60),
+    )
+    .await?;
+    net.stop(sender).await?;
+
+    // The recipient returns while the sender is away: it gets the message,
+    // and the receipt waits in the sender's mailboxes.
+    net.restart(recipient).await?;
+    let handle = net.handle(recipient).clone();
+    wait_until(Duration::from_secs(60), "the message drained", || {
+        let handle = handle.clone();
+        async move { handle.stats().mailbox_drained == 1 }
+    })
+    .await?;
+    ensure!(received(net.handle(recipient), &body).await? == 1);
+    // The sender cannot be reached, so its mailboxes take the receipt: one
+    // more item stored beyond the message's 4 replicas.
+    let mailboxes: Vec<usize> = (0..NODES)
+        .filter(|i| ![sender, recipient].contains(i))
+        .collect();
+    wait_until(Duration::from_secs(60), "the receipt deposited", || {
+        let stored: u64 = mailboxes
+            .iter()
+            .map(|i| net.handle(*i).stats().mailbox_stored)
+            .sum();
+        async move { stored > 4 }
+    })
+    .await?;
+    // Gone again before the sender returns: the receipt can only come from
+    // the sender's mailboxes, not from a retry.
+    net.stop(recipient).await?;
+
+    net.restart(sender).await?;
+    let waited = wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await;
+    if waited.is_err() {
+        for i in (0..NODES).filter(|i| net.is_running(*i)) {
+            let s = net.handle(i).stats();
+            eprintln!(
+                "node {i}: stored {} refused {} fetches {} acks {} deposited {} drained {} receipts {}",
+                s.mailbox_stored,
+                s.mailbox_refused,
+                s.mailbox_fetches,
+                s.mailbox_acks,
+                s.mailbox_deposited,
+                s.mailbox_drained,
+                s.mailbox_receipts
+            );
+        }
+    }
+    waited.context("the receipt from the sender's mailboxes")?;
+    ensure!(net.handle(sender).stats().mailbox_receipts == 1);
+    net.shutdown().await;
+    Ok(())
+}
