@@ -227,7 +227,9 @@ impl Default for MailboxConfig {
     fn default() -> Self {
         Self {
             replicas: 4,
-            max_ttl: Duration::from_secs(14 * 24 * 3600),
+            // As long as a sender may ask (`delivery.max_ttl`): a message
+            // that lives longer than its mailboxes keep it is refused there.
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
             per_recipient_items: 10_000,
             per_recipient_bytes: 64 * 1024 * 1024,
             per_sender_items: 10_000,
@@ -370,6 +372,10 @@ pub struct DeliveryConfig {
     /// How often the outbox is checked for due retries and expiry.
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
+    /// Delivered, expired and failed outgoing messages (with their receipts)
+    /// are deleted this long after they reached that state.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 /// Connection handling.
@@ -431,6 +437,7 @@ impl Default for DeliveryConfig {
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             batch: 128,
             tick: Duration::from_millis(250),
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -744,6 +751,7 @@ retry_cap = "{rc}"        # longest delay between attempts
 retry_jitter = {rj:.1}       # random spread, fraction of the delay
 default_ttl = "{dt}"      # lifetime of a message unless the sender says otherwise
 max_ttl = "{mt}"          # longest lifetime a sender may ask for
+retention = "{rtn}"        # finished outgoing messages are deleted after this
 
 [network]
 idle_connection_timeout = "{ic}"
@@ -804,6 +812,7 @@ drain_interval = "{mdi}"            # fetch from our own mailboxes this often
         rj = d.delivery.retry_jitter,
         dt = humantime::format_duration(d.delivery.default_ttl),
         mt = humantime::format_duration(d.delivery.max_ttl),
+        rtn = humantime::format_duration(d.delivery.retention),
         ic = humantime::format_duration(d.network.idle_connection_timeout),
         rt = humantime::format_duration(d.network.request_timeout),
         pi = humantime::format_duration(d.network.ping_interval),

@@ -106,6 +106,14 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Deletes received messages whose expiry is at or before `now_ms`. Returns how many.
+    pub fn purge_inbox_expired(&mut self, now_ms: u64) -> Result<u64, StoreError> {
+        self.conn
+            .execute("DELETE FROM inbox WHERE expires_ms <= ?1", [now_ms])
+            .map(|n| n as u64)
+            .map_err(sql("purge_inbox_expired"))
+    }
+
     /// Incoming messages, optionally only from `peer`, with `seq > after_seq`, ascending by
     /// `seq`; at most `min(limit, MAX_PAGE)` rows.
     pub fn inbox(
@@ -196,6 +204,19 @@ mod tests {
             (3, 2, 10, 20, 15)
         );
         assert_eq!(store.get_incoming(&[2; 16]).unwrap(), None);
+    }
+
+    #[test]
+    fn expired_messages_are_purged() {
+        let mut store = Store::open_in_memory().unwrap();
+        store.insert_incoming(&incoming(1, "alice")).unwrap(); // expires at 20
+        let mut later = incoming(2, "alice");
+        later.expires_ms = 50;
+        store.insert_incoming(&later).unwrap();
+        assert_eq!(store.purge_inbox_expired(19).unwrap(), 0);
+        assert_eq!(store.purge_inbox_expired(20).unwrap(), 1);
+        assert_eq!(store.get_incoming(&[1; 16]).unwrap(), None);
+        assert!(store.get_incoming(&[2; 16]).unwrap().is_some());
     }
 
     #[test]

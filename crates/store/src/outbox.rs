@@ -448,6 +448,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Deletes outgoing messages that reached a terminal state (delivered, expired, failed)
+    /// at or before `before_ms`, with their receipts. Returns how many.
+    pub fn compact_outbox(&mut self, before_ms: u64) -> Result<u64, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM outbox WHERE state IN ('delivered','expired','failed') \
+                 AND updated_ms <= ?1",
+                [before_ms],
+            )
+            .map(|n| n as u64)
+            .map_err(sql("compact_outbox"))
+    }
+
     /// Moves a message to an in-transit state (`sent`, `routed`, `onion`) after an attempt
     /// went out, unless it is terminal or already `stored` in mailboxes (a later attempt does
     /// not make the copies held there go away). Returns whether the state changed.
@@ -877,6 +890,16 @@ mod tests {
         // A due retry earlier than any expiry wins.
         store.insert_outgoing(&msg(4, "bob", 0, 20_000)).unwrap();
         assert_eq!(store.next_due_ms().unwrap(), Some(20_000));
+
+        // Compaction: finished rows (and the receipt) go once old enough;
+        // the pending one stays whatever its age.
+        assert_eq!(store.compact_outbox(149).unwrap(), 0);
+        assert_eq!(store.compact_outbox(1_100).unwrap(), 2);
+        assert!(store.get_outgoing(&[3; 16]).unwrap().is_none());
+        assert!(store.get_receipt(&[3; 16]).unwrap().is_none());
+        assert!(store.get_outgoing(&[2; 16]).unwrap().is_some());
+        assert_eq!(store.compact_outbox(u64::MAX / 2).unwrap(), 1);
+        assert!(store.get_outgoing(&[4; 16]).unwrap().is_some());
     }
 
     #[test]

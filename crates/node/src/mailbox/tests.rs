@@ -126,9 +126,10 @@ fn a_deposit_is_stored_fetched_only_by_its_recipient_and_deleted_on_its_ack() {
 #[test]
 fn bad_deposits_are_refused_with_a_reason() {
     let mut w = World::new();
+    w.config.max_ttl = 7 * DAY;
     let alice = w.alice.peer_id();
     // Too long a life.
-    let long = envelope(&w.alice, &w.bob, 1, 30 * DAY);
+    let long = envelope(&w.alice, &w.bob, 1, 10 * DAY);
     let served = w.serve(alice, MailboxRequest::Deposit(MailPayload::Envelope(long)));
     assert_eq!(code(&served), MailDepositCode::MailDepositTtlTooLong);
     assert_eq!(served.effect, Effect::Refused);

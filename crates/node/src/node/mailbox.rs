@@ -678,18 +678,39 @@ impl EventLoop {
         if due(self.mailbox.cleaned_at, clean_every) {
             self.mailbox.cleaned_at = Some(Instant::now());
             let now = self.now_ms();
+            let retention = u64::try_from(self.shared.config.delivery.retention.as_millis())
+                .unwrap_or(u64::MAX);
             let stats = self.shared.stats.clone();
             self.background(move |store| {
-                match store.mailbox_purge_expired(now) {
-                    Ok(purged) => {
-                        stats
-                            .mailbox_expired
-                            .fetch_add(purged.items, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(e) => tracing::warn!("cannot purge expired mailbox items: {e}"),
-                }
+                cleanup(store, now, retention, &stats);
                 None
             });
         }
+    }
+}
+
+/// The cleanup job: expired mailbox items and tombstones, expired inbox
+/// messages, and outgoing messages finished more than `retention_ms` ago.
+/// (Outgoing messages that expire unsent become `expired` in the outbox
+/// round, which also tells the sender.)
+fn cleanup(
+    store: &mut peercomm_store::Store,
+    now: u64,
+    retention_ms: u64,
+    stats: &crate::stats::Stats,
+) {
+    match store.mailbox_purge_expired(now) {
+        Ok(purged) => {
+            stats
+                .mailbox_expired
+                .fetch_add(purged.items, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!("cannot purge expired mailbox items: {e}"),
+    }
+    if let Err(e) = store.purge_inbox_expired(now) {
+        tracing::warn!("cannot purge expired inbox messages: {e}");
+    }
+    if let Err(e) = store.compact_outbox(now.saturating_sub(retention_ms)) {
+        tracing::warn!("cannot compact the outbox: {e}");
     }
 }
