@@ -128,3 +128,44 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<DhtStats
         latency_ms_p99: s.lookups.latency_ms_p99,
     }))
 }
+
+/// `GET /v1/mailbox/stats`: what this node's mailbox holds for others.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MailboxStatsView {
+    /// Items held (envelopes and receipts) for peers that were offline.
+    pub(crate) items: u64,
+    /// Bytes those items take.
+    pub(crate) bytes: u64,
+    /// Recipients with items waiting.
+    pub(crate) recipients: u64,
+    /// Senders whose items are held.
+    pub(crate) senders: u64,
+    /// Acknowledged ids remembered so late replicas are not stored again.
+    pub(crate) tombstones: u64,
+}
+
+/// What this node's mailbox holds, for its operator.
+#[utoipa::path(
+    get,
+    operation_id = "mailbox_stats",
+    path = "/v1/mailbox/stats",
+    tag = "mailbox",
+    responses(
+        (status = 200, description = "Mailbox figures", body = MailboxStatsView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 500, description = "The store could not be read", body = ErrorBody),
+        (status = 503, description = "The node is not running", body = ErrorBody),
+    )
+)]
+pub(crate) async fn mailbox_stats(
+    State(state): State<AppState>,
+) -> Result<Json<MailboxStatsView>, ApiError> {
+    let s = state.node.mailbox_stats().await?;
+    Ok(Json(MailboxStatsView {
+        items: s.items,
+        bytes: s.bytes,
+        recipients: s.recipients,
+        senders: s.depositors,
+        tombstones: s.tombstones,
+    }))
+}

@@ -43,6 +43,7 @@ const BEARER: &str = "bearer";
         crate::metrics::metrics,
         crate::dht::find,
         crate::dht::stats,
+        crate::dht::mailbox_stats,
         document,
     ),
     components(schemas(
@@ -51,7 +52,7 @@ const BEARER: &str = "bearer";
         IncomingState,
         OutgoingView, IncomingView, MessageView, MessageList, MessageReceivedEvent,
         MessageStateEvent, PeerEvent, ListeningEvent,
-        crate::dht::PeerRecordView, crate::dht::DhtStatsView,
+        crate::dht::PeerRecordView, crate::dht::DhtStatsView, crate::dht::MailboxStatsView,
     )),
     modifiers(&BearerScheme),
     security(("bearer" = [])),
@@ -61,6 +62,7 @@ const BEARER: &str = "bearer";
         (name = "messages", description = "Sending and reading messages"),
         (name = "events", description = "Server-sent events"),
         (name = "dht", description = "Peer discovery through the DHT"),
+        (name = "mailbox", description = "Messages held for peers that are offline"),
     )
 )]
 struct ApiDoc;

@@ -110,6 +110,7 @@ pub fn router(node: NodeHandle, config: ApiConfig) -> Router {
         .route("/v1/events", get(events::stream))
         .route("/v1/dht/peers/{id}", get(dht::find))
         .route("/v1/dht/stats", get(dht::stats))
+        .route("/v1/mailbox/stats", get(dht::mailbox_stats))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(doc::document))
         .route_layer(axum::middleware::from_fn_with_state(

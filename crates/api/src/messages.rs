@@ -217,6 +217,9 @@ pub(crate) struct OutgoingView {
     /// Hops of the route or onion path it went along; `null` until known
     /// (e.g. not sent yet).
     pub(crate) hops: Option<u32>,
+    /// Mailboxes that accepted a copy while the recipient was unreachable;
+    /// `null` if it was never deposited.
+    pub(crate) replicas: Option<u32>,
     /// The text (invalid UTF-8 replaced by U+FFFD).
     pub(crate) body: String,
 }
@@ -294,6 +297,7 @@ fn outgoing_view(m: OutgoingMessage) -> OutgoingView {
         last_error: m.last_error,
         route: m.route.into(),
         hops: m.hops,
+        replicas: m.replicas,
         body: String::from_utf8_lossy(&m.body).into_owned(),
     }
 }

@@ -34,6 +34,12 @@ async fn find_a_peer_and_read_dht_stats() -> Result<()> {
         "{record}"
     );
 
+    // Nothing was deposited here: an empty mailbox, every figure present.
+    let mailbox = a.get_json("/v1/mailbox/stats", StatusCode::OK).await?;
+    for key in ["items", "bytes", "recipients", "senders", "tombstones"] {
+        ensure!(mailbox[key].as_u64() == Some(0), "{key}: {mailbox}");
+    }
+
     let stats = a.get_json("/v1/dht/stats", StatusCode::OK).await?;
     ensure!(stats["routing_table_peers"].as_u64() >= Some(1), "{stats}");
     ensure!(stats["lookups_succeeded"].as_u64() >= Some(1), "{stats}");

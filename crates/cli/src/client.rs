@@ -432,8 +432,25 @@ pub(crate) async fn message(data_dir: &Path, id: &str, json: bool) -> anyhow::Re
                     .map(|e| format!(", last error: {e}"))
                     .unwrap_or_default()
             );
+            if let Some(n) = m["replicas"].as_u64() {
+                println!("  held by {n} mailboxes while the recipient was unreachable");
+            }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn mailbox_stats(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let api = api_try!(data_dir, Api::locate(data_dir));
+    let s = api_try!(data_dir, api.get("/v1/mailbox/stats").await);
+    if json {
+        print_json(&s);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("items held   {} ({} bytes)", s["items"], s["bytes"]);
+    println!("recipients   {}", s["recipients"]);
+    println!("senders      {}", s["senders"]);
+    println!("tombstones   {}", s["tombstones"]);
     Ok(ExitCode::SUCCESS)
 }
 

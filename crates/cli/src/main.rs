@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         action: DhtAction,
     },
+    /// What this node's mailbox holds for peers that are offline.
+    Mailbox {
+        #[command(subcommand)]
+        action: MailboxAction,
+    },
     /// Print a shell completion script: `peercomm completions bash > /etc/bash_completion.d/peercomm`.
     Completions {
         /// The shell.
@@ -117,6 +122,12 @@ enum DhtAction {
         peer_id: String,
     },
     /// Routing table fill, records held, lookups and their cost.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum MailboxAction {
+    /// Items, bytes, recipients and senders held, and acknowledgement tombstones.
     Stats,
 }
 
@@ -223,5 +234,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             DhtAction::Stats => client::dht_stats(&data_dir(&cli)?, json).await,
         },
         Command::Message { id } => client::message(&data_dir(&cli)?, id, json).await,
+        Command::Mailbox { action } => match action {
+            MailboxAction::Stats => client::mailbox_stats(&data_dir(&cli)?, json).await,
+        },
     }
 }

@@ -246,6 +246,8 @@ fn quickstart_two_daemons_send_and_read_with_the_cli() -> Result<()> {
     ensure!(found["peer_id"] == p.bob_id.as_str(), "{found}");
     let stats = json_of(&peercomm(&p.alice_dir, &["dht", "stats", "--json"]))?;
     ensure!(stats["routing_table_peers"].as_u64() >= Some(1), "{stats}");
+    let mailbox = json_of(&peercomm(&p.alice_dir, &["mailbox", "stats", "--json"]))?;
+    ensure!(mailbox["items"].as_u64() == Some(0), "{mailbox}");
 
     // Send without waiting prints {id, state}; the route asked for is stored.
     let queued = json_of(&peercomm(

@@ -322,6 +322,13 @@ impl NodeHandle {
         Ok(id)
     }
 
+    /// What this node's mailbox holds for others (items, bytes, recipients,
+    /// senders, acknowledgement tombstones).
+    pub async fn mailbox_stats(&self) -> Result<peercomm_store::MailboxStats, QueryError> {
+        self.with_store(|s| s.mailbox_stats().map_err(QueryError::from))
+            .await
+    }
+
     /// A page of received messages, oldest first.
     pub async fn inbox(&self, query: InboxQuery) -> Result<Vec<IncomingMessage>, QueryError> {
         let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);

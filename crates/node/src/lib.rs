@@ -45,7 +45,9 @@ pub use handle::{
 pub use identity::{Identity, IdentityError};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Node, NodeOptions, StartError, DATABASE_FILE};
-pub use peercomm_store::{DeliveryState, IncomingMessage, OutgoingMessage, ParseRouteError, Route};
+pub use peercomm_store::{
+    DeliveryState, IncomingMessage, MailboxStats, OutgoingMessage, ParseRouteError, Route,
+};
 pub use peercomm_wire::{MessageId, PeerRecord, Priority};
 pub use stats::StatsSnapshot;
 pub use transport::WireCounters;
