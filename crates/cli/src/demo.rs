@@ -61,7 +61,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.nodes
     );
     let started = Instant::now();
-    let net = SimNet::start(options)
+    let mut net = SimNet::start(options)
         .await
         .context("starting the network")?;
     net.introduce_all().await?;
@@ -160,6 +160,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let wire = wire_after.saturating_sub(wire_before);
     let routed = multihop(&net, &mut rng).await?;
     let onion = onion(&net, &mut rng).await?;
+    let offline = offline(&mut net, &mut rng).await?;
     let duplicates_delivered = received.values().filter(|n| **n > 1).count();
     let retransmits_deduplicated: u64 = stats.iter().map(|s| s.duplicates).sum();
     let rejected: u64 = stats.iter().map(|s| s.rejected_total()).sum();
@@ -244,6 +245,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "onion: latency p50 (ms)",
         format!("{:.1}", onion.latency_p50),
     );
+    row("offline: sent to offline peers", offline.sent.to_string());
+    row(
+        "offline: mailboxes per message p50",
+        format!("{:.0}", offline.replicas_p50),
+    );
+    row(
+        "offline: delivered after return",
+        offline.delivered.to_string(),
+    );
+    row(
+        "offline: return to delivery p50 (ms)",
+        format!("{:.0}", offline.after_return_p50),
+    );
+    row(
+        "offline: return to delivery max (ms)",
+        format!("{:.0}", offline.after_return_max),
+    );
     row("bytes on the wire (TCP, out)", wire.to_string());
     row(
         "bytes on the wire per message",
@@ -271,6 +289,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "{} of {} onion messages were not delivered",
             onion.sent - onion.delivered,
             onion.sent
+        );
+    }
+    if offline.delivered < offline.sent {
+        bail!(
+            "{} of {} messages to offline peers were not delivered after they returned",
+            offline.sent - offline.delivered,
+            offline.sent
         );
     }
     if lost > 0 || duplicates_delivered > 0 || arrived_once != args.messages {
@@ -402,6 +427,108 @@ async fn onion(net: &SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<Mul
         sent.push((from, id));
     }
     Ok(await_delivered(net, "onion", sent).await)
+}
+
+/// Offline-delivery figures.
+struct OfflineFigures {
+    sent: usize,
+    replicas_p50: f64,
+    delivered: usize,
+    after_return_p50: f64,
+    after_return_max: f64,
+}
+
+/// Three recipients go offline; two messages to each wait in their
+/// mailboxes; they come back, and the time from each one's return to the
+/// sender's receipt is measured.
+async fn offline(net: &mut SimNet, rng: &mut rand::rngs::StdRng) -> anyhow::Result<OfflineFigures> {
+    const AWAY: usize = 3;
+    const EACH: usize = 2;
+    if net.len() < AWAY + 6 {
+        return Ok(OfflineFigures {
+            sent: 0,
+            replicas_p50: 0.0,
+            delivered: 0,
+            after_return_p50: 0.0,
+            after_return_max: 0.0,
+        });
+    }
+    let mut away: Vec<usize> = Vec::new();
+    while away.len() < AWAY {
+        let i = rng.gen_range(0..net.len());
+        if !away.contains(&i) {
+            away.push(i);
+        }
+    }
+    for &i in &away {
+        net.stop(i).await?;
+    }
+    let mut sent = Vec::new();
+    for &to in &away {
+        for _ in 0..EACH {
+            let from = loop {
+                let i = rng.gen_range(0..net.len());
+                if !away.contains(&i) {
+                    break i;
+                }
+            };
+            let id = net
+                .handle(from)
+                .send(
+                    net.peer_id(to),
+                    b"while you were away".to_vec(),
+                    SendOptions::default(),
+                )
+                .await
+                .context("send to an offline peer")?;
+            sent.push((from, id));
+        }
+    }
+    // Each waits in the recipient's mailboxes.
+    let mut replicas = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (from, id) in &sent {
+        loop {
+            let m = net.handle(*from).message_state(*id).await.ok().flatten();
+            if let Some(n) = m.as_ref().and_then(|m| m.replicas) {
+                replicas.push(f64::from(n));
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("message {id} to an offline peer was not deposited in mailboxes: {m:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let returned = Instant::now();
+    for &i in &away {
+        net.restart(i).await?;
+    }
+    let mut after_return = Vec::new();
+    let mut pending = sent.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut left = Vec::new();
+        for (from, id) in pending {
+            match net.handle(from).message_state(id).await {
+                Ok(Some(m)) if m.state == DeliveryState::Delivered => {
+                    after_return.push(returned.elapsed().as_secs_f64() * 1000.0);
+                }
+                _ => left.push((from, id)),
+            }
+        }
+        pending = left;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replicas.sort_by(|a, b| a.total_cmp(b));
+    after_return.sort_by(|a, b| a.total_cmp(b));
+    Ok(OfflineFigures {
+        sent: sent.len(),
+        replicas_p50: quantile(&replicas, 0.5),
+        delivered: after_return.len(),
+        after_return_p50: quantile(&after_return, 0.5),
+        after_return_max: after_return.last().copied().unwrap_or(0.0),
+    })
 }
 
 /// DHT figures over the whole network.
