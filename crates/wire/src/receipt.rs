@@ -69,16 +69,7 @@ pub fn verify_receipt(
     expected_signer: &PeerId,
     expected_id: MessageId,
 ) -> Result<ReceiptInfo, ReceiptError> {
-    if bytes.len() > MAX_RECEIPT_BYTES {
-        return Err(ReceiptError::TooLarge {
-            what: "receipt",
-            len: bytes.len(),
-            max: MAX_RECEIPT_BYTES,
-        });
-    }
-    let signed = pb::SignedReceipt::decode(bytes)
-        .map_err(|e| ReceiptError::Malformed(format!("signed receipt: {e}")))?;
-    verify_signed_receipt(&signed, expected_signer, expected_id)
+    expect(open_receipt(bytes)?, expected_signer, expected_id)
 }
 
 /// Verifies a decoded `SignedReceipt` (for example from a `MsgResponse`) that should come
@@ -88,11 +79,15 @@ pub fn verify_signed_receipt(
     expected_signer: &PeerId,
     expected_id: MessageId,
 ) -> Result<ReceiptInfo, ReceiptError> {
-    let info = open_signed_receipt(signed)?;
-    if info.recipient != *expected_signer {
+    expect(open_signed_receipt(signed)?, expected_signer, expected_id)
+}
+
+/// `info`, if it is signed by `signer` and acknowledges `id`.
+fn expect(info: ReceiptInfo, signer: &PeerId, id: MessageId) -> Result<ReceiptInfo, ReceiptError> {
+    if info.recipient != *signer {
         return Err(ReceiptError::WrongSigner);
     }
-    if info.id != expected_id {
+    if info.id != id {
         return Err(ReceiptError::WrongMessage);
     }
     Ok(info)

@@ -254,13 +254,8 @@ impl EventLoop {
             Effect::StoredFor(recipient) => {
                 bump(&stats.mailbox_stored);
                 if recipient != from && self.swarm.is_connected(&recipient) {
-                    let request = MailboxRequest::Notify { items: 1 }.encode();
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .mailbox
-                        .send_request(&recipient, request);
-                    self.mailbox.outbound.insert(id, Outbound::Quiet);
+                    let notify = MailboxRequest::Notify { items: 1 };
+                    self.mailbox_request(recipient, notify, Outbound::Quiet);
                 }
             }
             Effect::Delivered(id) => {
@@ -276,6 +271,16 @@ impl EventLoop {
             Effect::Acked => bump(&stats.mailbox_acks),
             Effect::Fetched => bump(&stats.mailbox_fetches),
         }
+    }
+
+    /// Sends `request` to `peer`; its answer goes where `outbound` says.
+    fn mailbox_request(&mut self, peer: PeerId, request: MailboxRequest, outbound: Outbound) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request(&peer, request.encode());
+        self.mailbox.outbound.insert(id, outbound);
     }
 
     // ---- depositing -----------------------------------------------------------
@@ -388,15 +393,8 @@ impl EventLoop {
             return;
         };
         round.pending += 1;
-        let request = MailboxRequest::Deposit(round.payload.clone()).encode();
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .mailbox
-            .send_request(&mailbox, request);
-        self.mailbox
-            .outbound
-            .insert(id, Outbound::Deposit { round: round_id });
+        let request = MailboxRequest::Deposit(round.payload.clone());
+        self.mailbox_request(mailbox, request, Outbound::Deposit { round: round_id });
     }
 
     fn finish_round_if_done(&mut self, round_id: u64) {
@@ -527,15 +525,8 @@ impl EventLoop {
 
     fn fetch_page(&mut self, mailbox: PeerId, after: u64) {
         let limit = self.shared.config.mailbox.fetch_page;
-        let request = MailboxRequest::Fetch { after, limit }.encode();
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .mailbox
-            .send_request(&mailbox, request);
-        self.mailbox
-            .outbound
-            .insert(id, Outbound::Fetch { mailbox });
+        let request = MailboxRequest::Fetch { after, limit };
+        self.mailbox_request(mailbox, request, Outbound::Fetch { mailbox });
     }
 
     fn on_page(&mut self, mailbox: PeerId, items: Vec<peercomm_wire::PagedItem>, more: bool) {
@@ -631,13 +622,8 @@ impl EventLoop {
                             to.push(mailbox);
                         }
                         for peer in to {
-                            let request = MailboxRequest::Ack(signed.clone()).encode();
-                            let id = self
-                                .swarm
-                                .behaviour_mut()
-                                .mailbox
-                                .send_request(&peer, request);
-                            self.mailbox.outbound.insert(id, Outbound::Quiet);
+                            let request = MailboxRequest::Ack(signed.clone());
+                            self.mailbox_request(peer, request, Outbound::Quiet);
                         }
                     }
                     Err(e) => tracing::warn!("cannot sign a mailbox ack: {e}"),
@@ -645,15 +631,8 @@ impl EventLoop {
             }
         }
         for (sender, receipt) in receipts {
-            let request = MailboxRequest::Deposit(MailPayload::Receipt(receipt.clone())).encode();
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .mailbox
-                .send_request(&sender, request);
-            self.mailbox
-                .outbound
-                .insert(id, Outbound::ReceiptDirect { sender, receipt });
+            let request = MailboxRequest::Deposit(MailPayload::Receipt(receipt.clone()));
+            self.mailbox_request(sender, request, Outbound::ReceiptDirect { sender, receipt });
         }
         match next {
             Some(after) if self.shutdown.is_none() => self.fetch_page(mailbox, after),
