@@ -26,9 +26,14 @@ async fn wait_joined(net: &SimNet, indices: &[usize]) -> Result<()> {
 }
 
 async fn start() -> Result<SimNet> {
+    start_with(|_| {}).await
+}
+
+async fn start_with(configure: impl FnOnce(&mut SimOptions)) -> Result<SimNet> {
     let mut options = SimOptions::new(NODES, Topology::Isolated);
     options.bootstrap_via = Some(0);
     options.transport = SimTransport::Tcp;
+    configure(&mut options);
     let net = SimNet::start(options).await?;
     wait_joined(&net, &(0..NODES).collect::<Vec<_>>()).await?;
     Ok(net)
@@ -183,6 +188,79 @@ async fn a_sender_that_went_offline_finds_its_receipt_in_its_own_mailboxes() -> 
     }
     waited.context("the receipt from the sender's mailboxes")?;
     ensure!(net.handle(sender).stats().mailbox_receipts == 1);
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_message_leaves_every_mailbox_and_is_never_delivered() -> Result<()> {
+    let mut net =
+        start_with(|o| o.config.mailbox.cleanup_interval = Duration::from_secs(1)).await?;
+    let (sender, recipient) = (1, NODES - 1);
+    let to = net.peer_id(recipient);
+    net.stop(recipient).await?;
+    let options = SendOptions {
+        ttl: Some(Duration::from_secs(3600)),
+        ..SendOptions::default()
+    };
+    let id = net
+        .handle(sender)
+        .send(to, b"too late".to_vec(), options)
+        .await?;
+    let stored = wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Stored,
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
+
+    // Two hours later (the shared test clock): expired at the sender, and
+    // purged from each of the 4 mailboxes by their cleanup job.
+    net.clock().advance(Duration::from_secs(2 * 3600));
+    wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Expired,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let running: Vec<usize> = (0..NODES).filter(|i| *i != recipient).collect();
+    let expired = |net: &SimNet| -> u64 {
+        running
+            .iter()
+            .map(|i| net.handle(*i).stats().mailbox_expired)
+            .sum()
+    };
+    wait_until(Duration::from_secs(30), "4 mailboxes purged it", || {
+        let n = expired(&net);
+        async move { n == 4 }
+    })
+    .await?;
+    for i in &running {
+        let held = net.handle(*i).mailbox_stats().await?;
+        ensure!(held.items == 0, "node {i} still holds {held:?}");
+    }
+
+    // The recipient returns and drains its mailboxes: nothing arrives.
+    let fetches_before: u64 = running
+        .iter()
+        .map(|i| net.handle(*i).stats().mailbox_fetches)
+        .sum();
+    net.restart(recipient).await?;
+    wait_until(Duration::from_secs(60), "the recipient drained", || {
+        let fetches: u64 = running
+            .iter()
+            .map(|i| net.handle(*i).stats().mailbox_fetches)
+            .sum();
+        async move { fetches >= fetches_before + 4 }
+    })
+    .await?;
+    ensure!(received(net.handle(recipient), b"too late").await? == 0);
+    ensure!(net.handle(recipient).stats().received == 0);
+    let state = net.handle(sender).message_state(id).await?.map(|m| m.state);
+    ensure!(state == Some(DeliveryState::Expired), "{state:?}");
     net.shutdown().await;
     Ok(())
 }
