@@ -264,3 +264,91 @@ async fn an_expired_message_leaves_every_mailbox_and_is_never_delivered() -> Res
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_sender_is_refused_past_its_quota_and_others_get_through() -> Result<()> {
+    let mut net = start_with(|o| o.config.mailbox.per_pair_items = 2).await?;
+    let (flooder, other, recipient) = (1, 2, NODES - 1);
+    let to = net.peer_id(recipient);
+    net.stop(recipient).await?;
+    // 6 mailbox candidates (8 nodes less the sender and the recipient), 2
+    // items each from one sender for one recipient: 12 replicas at most.
+    let mut ids = Vec::new();
+    for n in 0..8u8 {
+        let id = net
+            .handle(flooder)
+            .send(to, vec![b'f', n], SendOptions::default())
+            .await?;
+        ids.push(id);
+    }
+    let handle = net.handle(flooder).clone();
+    let settled = ids.clone();
+    wait_until(
+        Duration::from_secs(60),
+        "every deposit round settled",
+        || {
+            let handle = handle.clone();
+            let ids = settled.clone();
+            async move {
+                let mut done = 0;
+                for id in &ids {
+                    if let Ok(Some(m)) = handle.message_state(*id).await {
+                        let refused = m
+                            .last_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("no mailbox took"));
+                        if m.replicas.is_some() || refused {
+                            done += 1;
+                        }
+                    }
+                }
+                done == ids.len()
+            }
+        },
+    )
+    .await?;
+    let mut replicas = 0;
+    let mut refused = 0;
+    for id in &ids {
+        let m = net
+            .handle(flooder)
+            .message_state(*id)
+            .await?
+            .context("row")?;
+        replicas += m.replicas.unwrap_or(0);
+        if m.replicas.is_none() {
+            refused += 1;
+            let error = m.last_error.unwrap_or_default();
+            ensure!(
+                error.contains("waiting here for this recipient"),
+                "the reason: {error}"
+            );
+        }
+    }
+    ensure!(replicas <= 12, "{replicas} replicas past the quota");
+    ensure!(
+        refused >= 2,
+        "only {refused} messages were refused everywhere"
+    );
+    let refusals: u64 = (0..NODES)
+        .filter(|i| *i != recipient)
+        .map(|i| net.handle(i).stats().mailbox_refused)
+        .sum();
+    ensure!(refusals > 0);
+
+    // Another sender to the same recipient still gets 4 replicas.
+    let id = net
+        .handle(other)
+        .send(to, b"me too".to_vec(), SendOptions::default())
+        .await?;
+    let stored = wait_state(
+        net.handle(other),
+        id,
+        DeliveryState::Stored,
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
+    net.shutdown().await;
+    Ok(())
+}

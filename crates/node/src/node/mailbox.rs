@@ -66,6 +66,8 @@ struct Round {
     candidates: VecDeque<PeerId>,
     pending: usize,
     accepted: u32,
+    /// Why the last mailbox that refused did so.
+    refusal: Option<String>,
 }
 
 /// Mailbox state kept by the event loop.
@@ -339,6 +341,7 @@ impl EventLoop {
                 candidates: VecDeque::new(),
                 pending: 0,
                 accepted: 0,
+                refusal: None,
             },
         );
         let query = self
@@ -417,6 +420,15 @@ impl EventLoop {
         self.mailbox.depositing.remove(&id);
         if round.accepted == 0 {
             tracing::debug!(%id, "no mailbox accepted the message; retrying later");
+            let note = format!(
+                "the recipient is unreachable and no mailbox took the message ({}); retrying",
+                round.refusal.as_deref().unwrap_or("none found")
+            );
+            let now = self.now_ms();
+            self.background(move |store| {
+                let _ = store.note_error(id.as_bytes(), &note, now);
+                None
+            });
             return;
         }
         let accepted = round.accepted;
@@ -463,6 +475,15 @@ impl EventLoop {
                     return;
                 };
                 r.pending = r.pending.saturating_sub(1);
+                match &response {
+                    MailboxResponse::Deposited { reason, .. }
+                    | MailboxResponse::Refused { reason, .. }
+                        if !took =>
+                    {
+                        r.refusal = Some(format!("{peer}: {reason}"));
+                    }
+                    _ => {}
+                }
                 if took {
                     r.accepted += 1;
                     if r.own.is_some() {
