@@ -2068,6 +2068,22 @@ fn accept_envelope(
     bytes: &[u8],
     now: u64,
 ) -> pb::MsgResponse {
+    accept_envelope_seen(store, identity, stats, events, from, bytes, now, &mut None)
+}
+
+/// [`accept_envelope`], also telling `seen` the envelope's header once its
+/// signature verified, and whether it was stored now (not a duplicate).
+#[allow(clippy::too_many_arguments)]
+fn accept_envelope_seen(
+    store: &mut Store,
+    identity: &Identity,
+    stats: &Stats,
+    events: &broadcast::Sender<NodeEvent>,
+    from: PeerId,
+    bytes: &[u8],
+    now: u64,
+    seen: &mut Option<(peercomm_wire::EnvelopeHeader, bool)>,
+) -> pb::MsgResponse {
     let reject = |code: pb::RejectCode, reason: String| pb::MsgResponse {
         result: Some(pb::msg_response::Result::Reject(pb::Reject {
             code: code as i32,
@@ -2091,6 +2107,7 @@ fn accept_envelope(
         }
     };
     let header = verified.header.clone();
+    *seen = Some((header.clone(), false));
     if header.recipient != identity.peer_id() {
         bump(&stats.rejected_wrong_recipient);
         return reject(
@@ -2122,6 +2139,9 @@ fn accept_envelope(
     };
     match store.insert_incoming(&row) {
         Ok(true) => {
+            if let Some((_, fresh)) = seen.as_mut() {
+                *fresh = true;
+            }
             bump(&stats.received);
             let _ = events.send(NodeEvent::MessageReceived {
                 id: header.id,

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use peercomm_node::{DeliveryState, InboxQuery, NodeHandle, SendOptions};
+use peercomm_node::{
+    DeliveryState, InboxQuery, MessageId, NodeHandle, OutgoingMessage, SendOptions,
+};
 use peercomm_sim::{wait_state, wait_until, SimNet, SimOptions, SimTransport, Topology};
 
 const NODES: usize = 8;
@@ -45,29 +47,27 @@ async fn received(handle: &NodeHandle, body: &[u8]) -> Result<usize> {
     Ok(inbox.iter().filter(|m| m.body == body).count())
 }
 
-/// Items all mailboxes but `except` hold, in all.
-fn held(net: &SimNet, except: &[usize]) -> u64 {
-    (0..NODES)
-        .filter(|i| !except.contains(i) && net.is_running(*i))
-        .map(|i| {
-            let s = net.handle(i).stats();
-            s.mailbox_stored
-                .saturating_sub(s.mailbox_acks.min(s.mailbox_stored))
-        })
-        .sum()
+/// Items the running mailboxes (all but `except`) hold in their stores now.
+async fn held(net: &SimNet, except: &[usize]) -> Result<u64> {
+    let mut items = 0;
+    for i in (0..NODES).filter(|i| !except.contains(i) && net.is_running(*i)) {
+        items += net.handle(i).mailbox_stats().await?.items;
+    }
+    Ok(items)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() -> Result<()> {
-    let mut net = start().await?;
-    let (sender, recipient) = (1, NODES - 1);
-    let to = net.peer_id(recipient);
-    net.stop(recipient).await?;
-
-    let body = b"waiting for you".to_vec();
+/// `sender` sends `body` (with `options`) to `recipient`, which is offline,
+/// and waits until mailboxes hold it; returns its id and outbox row.
+async fn send_while_away(
+    net: &SimNet,
+    sender: usize,
+    recipient: usize,
+    body: &[u8],
+    options: SendOptions,
+) -> Result<(MessageId, OutgoingMessage)> {
     let id = net
         .handle(sender)
-        .send(to, body.clone(), SendOptions::default())
+        .send(net.peer_id(recipient), body.to_vec(), options)
         .await?;
     let stored = wait_state(
         net.handle(sender),
@@ -76,17 +76,25 @@ async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() 
         Duration::from_secs(60),
     )
     .await?;
+    Ok((id, stored))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() -> Result<()> {
+    let mut net = start().await?;
+    let (sender, recipient) = (1, NODES - 1);
+    net.stop(recipient).await?;
+
+    let body = b"waiting for you".to_vec();
+    let (id, stored) =
+        send_while_away(&net, sender, recipient, &body, SendOptions::default()).await?;
     // R = 4 mailboxes took it: 8 nodes, less the sender and the recipient.
     ensure!(
         stored.replicas == Some(4),
         "replicas: {:?}",
         stored.replicas
     );
-    let holders = (0..NODES)
-        .filter(|i| *i != recipient)
-        .filter(|i| net.handle(*i).stats().mailbox_stored > 0)
-        .count();
-    ensure!(holders == 4, "{holders} mailboxes hold it");
+    ensure!(held(&net, &[recipient]).await? == 4, "4 mailboxes hold it");
 
     net.restart(recipient).await?;
     let delivered = wait_state(
@@ -102,15 +110,14 @@ async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() 
     // first (the drain still fetches, de-duplicates and acknowledges it).
     ensure!(received(net.handle(recipient), &body).await? == 1);
     // The recipient's acknowledgement emptied every mailbox.
-    let acked = wait_until(Duration::from_secs(30), "mailboxes emptied", || {
-        let left = held(&net, &[recipient]);
-        async move { left == 0 }
+    let acked = wait_until(Duration::from_secs(30), "mailboxes emptied", || async {
+        held(&net, &[recipient]).await.is_ok_and(|n| n == 0)
     })
     .await;
     ensure!(
         acked.is_ok(),
         "mailboxes still hold {}",
-        held(&net, &[recipient])
+        held(&net, &[recipient]).await?
     );
     net.shutdown().await;
     Ok(())
@@ -120,20 +127,9 @@ async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() 
 async fn a_sender_that_went_offline_finds_its_receipt_in_its_own_mailboxes() -> Result<()> {
     let mut net = start().await?;
     let (sender, recipient) = (1, NODES - 1);
-    let to = net.peer_id(recipient);
     net.stop(recipient).await?;
     let body = b"read this later".to_vec();
-    let id = net
-        .handle(sender)
-        .send(to, body.clone(), SendOptions::default())
-        .await?;
-    wait_state(
-        net.handle(sender),
-        id,
-        DeliveryState::Stored,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let (id, _) = send_while_away(&net, sender, recipient, &body, SendOptions::default()).await?;
     net.stop(sender).await?;
 
     // The recipient returns while the sender is away: it gets the message,
@@ -197,23 +193,12 @@ async fn an_expired_message_leaves_every_mailbox_and_is_never_delivered() -> Res
     let mut net =
         start_with(|o| o.config.mailbox.cleanup_interval = Duration::from_secs(1)).await?;
     let (sender, recipient) = (1, NODES - 1);
-    let to = net.peer_id(recipient);
     net.stop(recipient).await?;
     let options = SendOptions {
         ttl: Some(Duration::from_secs(3600)),
         ..SendOptions::default()
     };
-    let id = net
-        .handle(sender)
-        .send(to, b"too late".to_vec(), options)
-        .await?;
-    let stored = wait_state(
-        net.handle(sender),
-        id,
-        DeliveryState::Stored,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let (id, stored) = send_while_away(&net, sender, recipient, b"too late", options).await?;
     ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
 
     // Two hours later (the shared test clock): expired at the sender, and
@@ -337,17 +322,8 @@ async fn a_flooding_sender_is_refused_past_its_quota_and_others_get_through() ->
     ensure!(refusals > 0);
 
     // Another sender to the same recipient still gets 4 replicas.
-    let id = net
-        .handle(other)
-        .send(to, b"me too".to_vec(), SendOptions::default())
-        .await?;
-    let stored = wait_state(
-        net.handle(other),
-        id,
-        DeliveryState::Stored,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let (_, stored) =
+        send_while_away(&net, other, recipient, b"me too", SendOptions::default()).await?;
     ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
     net.shutdown().await;
     Ok(())

@@ -14,7 +14,7 @@ use peercomm_store::DeliveryState;
 use peercomm_wire::pb::{MailDepositCode, MailRefusalCode};
 use peercomm_wire::{MailPayload, MailboxRequest, MailboxResponse, MessageId};
 
-use super::{accept_envelope, EventLoop, Internal};
+use super::{accept_envelope_seen, EventLoop, Internal};
 use crate::config::{MailboxConfig, Role};
 use crate::mailbox::{mailbox_key, serve, take_receipt, Context, Effect, OwnReceipt};
 use crate::routing::quota::ForwardQuota;
@@ -566,17 +566,17 @@ impl EventLoop {
             for item in items {
                 match item.payload {
                     MailPayload::Envelope(bytes) => {
-                        let before = stats.received.load(std::sync::atomic::Ordering::Relaxed);
-                        let answer = accept_envelope(
-                            store, &identity, &stats, &events, mailbox, &bytes, now,
+                        let mut seen = None;
+                        let answer = accept_envelope_seen(
+                            store, &identity, &stats, &events, mailbox, &bytes, now, &mut seen,
                         );
-                        if stats.received.load(std::sync::atomic::Ordering::Relaxed) > before {
-                            bump(&stats.mailbox_drained);
-                        }
-                        let Ok(verified) = peercomm_wire::verify(&bytes, now) else {
+                        let Some((header, fresh)) = seen else {
+                            // Unreadable: nothing to acknowledge it by.
                             continue;
                         };
-                        let header = verified.header;
+                        if fresh {
+                            bump(&stats.mailbox_drained);
+                        }
                         match answer.result {
                             Some(peercomm_wire::pb::msg_response::Result::Receipt(receipt)) => {
                                 acks.push(header.id);
