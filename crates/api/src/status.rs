@@ -159,6 +159,10 @@ pub(crate) struct Stats {
     pub(crate) mailbox_drained: u64,
     /// Receipts for this node's messages that came by the mailbox protocol.
     pub(crate) mailbox_receipts: u64,
+    /// Held items copied to other members of a recipient's mailbox set.
+    pub(crate) mailbox_replicated: u64,
+    /// Held items dropped after R nearer mailboxes held them.
+    pub(crate) mailbox_released: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -228,6 +232,8 @@ impl From<StatsSnapshot> for Stats {
             mailbox_deposited,
             mailbox_drained,
             mailbox_receipts,
+            mailbox_replicated,
+            mailbox_released,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -290,6 +296,8 @@ impl From<StatsSnapshot> for Stats {
             mailbox_deposited,
             mailbox_drained,
             mailbox_receipts,
+            mailbox_replicated,
+            mailbox_released,
             wire_bytes_in,
             wire_bytes_out,
         }

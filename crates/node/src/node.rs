@@ -236,6 +236,14 @@ enum Internal {
     },
     /// A page from one of our mailboxes was stored.
     MailboxDrained(mailbox::Drained),
+    /// A page of a re-replication pass was read.
+    MailboxHandoffPage(mailbox::HandoffPage),
+    /// The held items a peer lacked, read for copying.
+    MailboxHandoffItems {
+        job: u64,
+        peer: PeerId,
+        items: Vec<peercomm_wire::MailPayload>,
+    },
 }
 
 impl Node {
@@ -1272,6 +1280,10 @@ impl EventLoop {
             } => self.on_mailbox_served(token, from, response, effect),
             Internal::MailboxDepositReady { id, found } => self.on_deposit_ready(id, found),
             Internal::MailboxDrained(drained) => self.on_drained(drained),
+            Internal::MailboxHandoffPage(page) => self.on_handoff_page(page),
+            Internal::MailboxHandoffItems { job, peer, items } => {
+                self.on_handoff_items(job, peer, items)
+            }
         }
     }
 

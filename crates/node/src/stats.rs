@@ -125,6 +125,11 @@ pub(crate) struct Stats {
     pub(crate) mailbox_drained: AtomicU64,
     /// Receipts for this node's messages that came by the mailbox protocol.
     pub(crate) mailbox_receipts: AtomicU64,
+    /// Held items this node's mailbox copied to other members of a
+    /// recipient's mailbox set (re-replication).
+    pub(crate) mailbox_replicated: AtomicU64,
+    /// Held items this node's mailbox dropped after R nearer mailboxes held them.
+    pub(crate) mailbox_released: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -189,6 +194,8 @@ pub struct StatsSnapshot {
     pub mailbox_deposited: u64,
     pub mailbox_drained: u64,
     pub mailbox_receipts: u64,
+    pub mailbox_replicated: u64,
+    pub mailbox_released: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -456,6 +463,16 @@ impl StatsSnapshot {
                 self.mailbox_receipts,
             ),
             (
+                "peercomm_mailbox_replicated",
+                "Held items copied to other members of a recipient's mailbox set.",
+                self.mailbox_replicated,
+            ),
+            (
+                "peercomm_mailbox_released",
+                "Held items dropped after R nearer mailboxes held them.",
+                self.mailbox_released,
+            ),
+            (
                 "peercomm_wire_bytes_in",
                 "Bytes read from TCP sockets.",
                 self.wire_bytes_in,
@@ -557,6 +574,8 @@ impl Stats {
             mailbox_deposited: g(&self.mailbox_deposited),
             mailbox_drained: g(&self.mailbox_drained),
             mailbox_receipts: g(&self.mailbox_receipts),
+            mailbox_replicated: g(&self.mailbox_replicated),
+            mailbox_released: g(&self.mailbox_released),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

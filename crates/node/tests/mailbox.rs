@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use peercomm_node::mailbox::{by_distance, mailbox_key};
 use peercomm_node::{
-    DeliveryState, InboxQuery, MessageId, NodeHandle, OutgoingMessage, SendOptions,
+    DeliveryState, InboxQuery, MessageId, NodeHandle, OutgoingMessage, PeerId, SendOptions,
 };
 use peercomm_sim::{wait_state, wait_until, SimNet, SimOptions, SimTransport, Topology};
 
@@ -50,7 +51,7 @@ async fn received(handle: &NodeHandle, body: &[u8]) -> Result<usize> {
 /// Items the running mailboxes (all but `except`) hold in their stores now.
 async fn held(net: &SimNet, except: &[usize]) -> Result<u64> {
     let mut items = 0;
-    for i in (0..NODES).filter(|i| !except.contains(i) && net.is_running(*i)) {
+    for i in (0..net.len()).filter(|i| !except.contains(i) && net.is_running(*i)) {
         items += net.handle(i).mailbox_stats().await?.items;
     }
     Ok(items)
@@ -80,7 +81,8 @@ async fn send_while_away(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() -> Result<()> {
+async fn an_offline_recipient_returning_25_hours_later_gets_its_message_from_mailboxes(
+) -> Result<()> {
     let mut net = start().await?;
     let (sender, recipient) = (1, NODES - 1);
     net.stop(recipient).await?;
@@ -96,6 +98,8 @@ async fn an_offline_recipient_gets_its_message_from_mailboxes_when_it_returns() 
     );
     ensure!(held(&net, &[recipient]).await? == 4, "4 mailboxes hold it");
 
+    // A day and an hour pass (the shared test clock) before it returns.
+    net.clock().advance(Duration::from_secs(25 * 3600));
     net.restart(recipient).await?;
     let delivered = wait_state(
         net.handle(sender),
@@ -325,6 +329,248 @@ async fn a_flooding_sender_is_refused_past_its_quota_and_others_get_through() ->
     let (_, stored) =
         send_while_away(&net, other, recipient, b"me too", SendOptions::default()).await?;
     ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
+    net.shutdown().await;
+    Ok(())
+}
+
+/// The 4 running peers nearest `recipient`'s mailbox key, other than the
+/// recipient itself (the sender too, once the message is out of its hands).
+fn nearest(net: &SimNet, recipient: usize) -> Vec<usize> {
+    let running: Vec<PeerId> = (0..net.len())
+        .filter(|i| *i != recipient && net.is_running(*i))
+        .map(|i| net.peer_id(i))
+        .collect();
+    let mut out: Vec<usize> = by_distance(&mailbox_key(&net.peer_id(recipient)), running)
+        .into_iter()
+        .take(4)
+        .filter_map(|p| (0..net.len()).find(|i| net.peer_id(*i) == p))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Waits until exactly the 4 nearest running peers hold one copy each.
+async fn settle(net: &SimNet, recipient: usize, what: &str) -> Result<()> {
+    let outcome = wait_until(Duration::from_secs(60), what, || async {
+        holders(net, &[recipient])
+            .await
+            .is_ok_and(|h| h == nearest(net, recipient))
+            && held(net, &[recipient]).await.is_ok_and(|n| n == 4)
+    })
+    .await;
+    if outcome.is_err() {
+        eprintln!(
+            "holders {:?}, nearest {:?}",
+            holders(net, &[recipient]).await,
+            nearest(net, recipient)
+        );
+    }
+    Ok(outcome?)
+}
+
+/// The running nodes, less `except`, that hold at least one item.
+async fn holders(net: &SimNet, except: &[usize]) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for i in (0..net.len()).filter(|i| !except.contains(i) && net.is_running(*i)) {
+        if net.handle(i).mailbox_stats().await?.items > 0 {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_four_mailboxes_dying_still_deliver_exactly_once() -> Result<()> {
+    let mut net = start().await?;
+    let (sender, recipient) = (1, NODES - 1);
+    net.stop(recipient).await?;
+    let body = b"two of you will do".to_vec();
+    let (id, stored) =
+        send_while_away(&net, sender, recipient, &body, SendOptions::default()).await?;
+    ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
+    // Two of the holders crash (not the bootstrap node), and the sender
+    // leaves, so only the 2 remaining mailboxes can deliver.
+    let dying: Vec<usize> = holders(&net, &[0, recipient])
+        .await?
+        .into_iter()
+        .take(2)
+        .collect();
+    ensure!(dying.len() == 2, "holders besides node 0: {dying:?}");
+    for i in &dying {
+        net.kill(*i)?;
+    }
+    net.stop(sender).await?;
+
+    net.restart(recipient).await?;
+    let handle = net.handle(recipient).clone();
+    wait_until(Duration::from_secs(60), "the message drained", || {
+        let (handle, body) = (handle.clone(), body.clone());
+        async move { received(&handle, &body).await.is_ok_and(|n| n > 0) }
+    })
+    .await?;
+    // Both survivors served it; the recipient kept one copy.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(received(net.handle(recipient), &body).await? == 1);
+    ensure!(net.handle(recipient).stats().mailbox_drained == 1);
+
+    // The sender returns to `delivered`, from the receipt in its mailboxes.
+    net.restart(sender).await?;
+    wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await?;
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_follow_the_mailbox_set_as_it_changes() -> Result<()> {
+    let mut net =
+        start_with(|o| o.config.mailbox.replicate_interval = Duration::from_secs(1)).await?;
+    let (sender, recipient) = (1, NODES - 1);
+    net.stop(recipient).await?;
+    let body = b"follow me".to_vec();
+    send_while_away(&net, sender, recipient, &body, SendOptions::default()).await?;
+
+    settle(&net, recipient, "the 4 nearest hold it").await?;
+
+    // Two holders crash (not the bootstrap node): the survivors copy the
+    // message to the next nearest, so 4 copies stay available.
+    let dying: Vec<usize> = holders(&net, &[0, recipient])
+        .await?
+        .into_iter()
+        .take(2)
+        .collect();
+    for i in &dying {
+        net.kill(*i)?;
+    }
+    settle(&net, recipient, "4 copies again after 2 holders died").await?;
+    let replicated: u64 = (0..net.len())
+        .filter(|i| net.is_running(*i))
+        .map(|i| net.handle(i).stats().mailbox_replicated)
+        .sum();
+    ensure!(replicated >= 2, "{replicated} copies made");
+
+    // New peers join; wherever they land, the copies move to the 4 nearest
+    // (farther holders hand off and drop theirs).
+    for _ in 0..4 {
+        let i = net.spawn(Some(0)).await?;
+        wait_joined(&net, &[i]).await?;
+    }
+    settle(&net, recipient, "4 copies at the 4 nearest after 4 joined").await?;
+
+    // The recipient returns and gets it exactly once.
+    net.restart(recipient).await?;
+    let handle = net.handle(recipient).clone();
+    wait_until(Duration::from_secs(60), "the message drained", || {
+        let handle = handle.clone();
+        let body = body.clone();
+        async move { received(&handle, &body).await.is_ok_and(|n| n > 0) }
+    })
+    .await?;
+    ensure!(received(net.handle(recipient), &body).await? == 1);
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_killed_during_deposits_loses_nothing_it_acknowledged() -> Result<()> {
+    // One replica per message, so each `stored` names exactly one mailbox's
+    // acknowledgement.
+    let mut net = start_with(|o| o.config.mailbox.replicas = 1).await?;
+    let (sender, recipient) = (1, NODES - 1);
+    let to = net.peer_id(recipient);
+    // The mailbox the sender tries first: nearest the key, not the sender.
+    let candidates: Vec<PeerId> = (0..NODES)
+        .filter(|i| ![sender, recipient].contains(i))
+        .map(|i| net.peer_id(i))
+        .collect();
+    let first = by_distance(&mailbox_key(&to), candidates)[0];
+    let mailbox = (0..NODES)
+        .find(|i| net.peer_id(*i) == first)
+        .context("the first mailbox")?;
+    net.stop(recipient).await?;
+
+    const MESSAGES: usize = 40;
+    let mut ids = Vec::new();
+    for n in 0..MESSAGES {
+        let body = format!("deposit {n}").into_bytes();
+        let id = net
+            .handle(sender)
+            .send(to, body.clone(), SendOptions::default())
+            .await?;
+        ids.push((id, body));
+    }
+    // Kill it once some deposits were acknowledged and others are in flight.
+    let handle = net.handle(sender).clone();
+    let stored_ids = |handle: NodeHandle, ids: Vec<(MessageId, Vec<u8>)>| async move {
+        let mut out = Vec::new();
+        for (id, body) in ids {
+            if let Ok(Some(m)) = handle.message_state(id).await {
+                if m.state == DeliveryState::Stored {
+                    out.push(body);
+                }
+            }
+        }
+        out
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "some deposits acknowledged",
+        || {
+            let (handle, ids) = (handle.clone(), ids.clone());
+            async move { stored_ids(handle, ids).await.len() >= 3 }
+        },
+    )
+    .await?;
+    net.kill(mailbox)?;
+    let acknowledged = stored_ids(handle.clone(), ids.clone()).await;
+    eprintln!(
+        "{} of {MESSAGES} deposits acknowledged when the mailbox was killed",
+        acknowledged.len()
+    );
+    // The sender leaves too: only mailboxes can deliver from here on.
+    net.stop(sender).await?;
+
+    net.restart(mailbox).await?;
+    wait_joined(&net, &[mailbox]).await?;
+    net.restart(recipient).await?;
+    let inbox = net.handle(recipient).clone();
+    let expected = acknowledged.clone();
+    let outcome = wait_until(
+        Duration::from_secs(60),
+        "every acknowledged deposit delivered",
+        || {
+            let (inbox, expected) = (inbox.clone(), expected.clone());
+            async move {
+                let mut all = true;
+                for body in &expected {
+                    all &= received(&inbox, body).await.is_ok_and(|n| n == 1);
+                }
+                all
+            }
+        },
+    )
+    .await;
+    outcome.with_context(|| format!("{} acknowledged before the kill", acknowledged.len()))?;
+
+    // The sender returns: the rest arrive too, each exactly once.
+    net.restart(sender).await?;
+    for (id, _) in &ids {
+        wait_state(
+            net.handle(sender),
+            *id,
+            DeliveryState::Delivered,
+            Duration::from_secs(60),
+        )
+        .await?;
+    }
+    for (_, body) in &ids {
+        ensure!(received(net.handle(recipient), body).await? == 1);
+    }
     net.shutdown().await;
     Ok(())
 }

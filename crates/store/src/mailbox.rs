@@ -422,6 +422,76 @@ impl Store {
             .map_err(sql("mailbox_holds"))
     }
 
+    /// Ids of the unexpired items held for `recipient`, oldest first, at most
+    /// `min(limit, MAX_PAGE)` (what a holder offers to the recipient's other mailboxes).
+    pub fn mailbox_ids(
+        &self,
+        recipient: &str,
+        now_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<[u8; 16]>, StoreError> {
+        const OP: &str = "mailbox_ids";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM mailbox WHERE recipient = ?1 AND expires_ms > ?2 \
+                 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(sql(OP))?;
+        let rows = stmt
+            .query_map(params![recipient, now_ms, page(limit)], |r| r.get(0))
+            .map_err(sql(OP))?;
+        rows.collect::<Result<_, _>>().map_err(sql(OP))
+    }
+
+    /// The unexpired items held for `recipient` among `ids` (to copy to another mailbox).
+    pub fn mailbox_items(
+        &self,
+        recipient: &str,
+        ids: &[[u8; 16]],
+        now_ms: u64,
+    ) -> Result<Vec<MailItem>, StoreError> {
+        const OP: &str = "mailbox_items";
+        let mut stmt = self
+            .conn
+            .prepare_cached(concat!(
+                select_item!(),
+                "WHERE recipient = ?1 AND id = ?2 AND expires_ms > ?3"
+            ))
+            .map_err(sql(OP))?;
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            let rows = stmt
+                .query_map(params![recipient, id, now_ms], item_from_row)
+                .map_err(sql(OP))?;
+            for row in rows {
+                items.push(row.map_err(sql(OP))?);
+            }
+        }
+        Ok(items)
+    }
+
+    /// Deletes what is held of `ids` for `recipient` without a tombstone: the copies were
+    /// handed to mailboxes closer to the recipient, and a later deposit may store them again.
+    /// Returns how many items were deleted.
+    pub fn mailbox_release(
+        &mut self,
+        recipient: &str,
+        ids: &[[u8; 16]],
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "mailbox_release";
+        let tx = self.write_tx(OP)?;
+        let mut deleted = 0u64;
+        for id in ids {
+            deleted += tx
+                .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND id = ?2")
+                .and_then(|mut s| s.execute(params![recipient, id]))
+                .map_err(sql(OP))? as u64;
+        }
+        tx.commit().map_err(sql(OP))?;
+        Ok(deleted)
+    }
+
     /// Recipients with items held, after `after` in lexical order, at most
     /// `min(limit, MAX_PAGE)` (for re-replication, which walks them all page by page).
     pub fn mailbox_recipients(
@@ -599,6 +669,46 @@ mod tests {
             }
         );
         assert_eq!(store.mailbox_stats().unwrap().tombstones, 0);
+    }
+
+    #[test]
+    fn a_holder_lists_reads_and_releases_what_it_hands_off() {
+        let mut store = Store::open_in_memory().unwrap();
+        for id in 1..=3 {
+            store
+                .mailbox_deposit(&item(id, "bob", "alice", 10), &NO_LIMITS)
+                .unwrap();
+        }
+        let mut soon = item(4, "bob", "alice", 10);
+        soon.expires_ms = 100;
+        store.mailbox_deposit(&soon, &NO_LIMITS).unwrap();
+        store
+            .mailbox_deposit(&item(5, "carol", "alice", 10), &NO_LIMITS)
+            .unwrap();
+        // Expired items are not offered; the limit holds.
+        let ids = store.mailbox_ids("bob", 100, 10).unwrap();
+        assert_eq!(ids, vec![[1; 16], [2; 16], [3; 16]]);
+        assert_eq!(store.mailbox_ids("bob", 100, 2).unwrap().len(), 2);
+        // Only what is asked for, for that recipient, and unexpired.
+        let items = store
+            .mailbox_items("bob", &[[2; 16], [4; 16], [5; 16]], 100)
+            .unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].id, [2; 16]);
+        assert_eq!(items[0].item, vec![2; 10]);
+        // Released copies leave no tombstone: the item may be deposited again.
+        assert_eq!(
+            store.mailbox_release("bob", &[[1; 16], [5; 16]]).unwrap(),
+            1
+        );
+        assert!(!store.mailbox_holds("bob", &[1; 16]).unwrap());
+        assert_eq!(
+            store
+                .mailbox_deposit(&item(1, "bob", "alice", 10), &NO_LIMITS)
+                .unwrap(),
+            DepositOutcome::Stored
+        );
+        assert_eq!(store.mailbox_ids("carol", 100, 10).unwrap(), vec![[5; 16]]);
     }
 
     #[test]

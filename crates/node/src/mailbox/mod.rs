@@ -30,6 +30,15 @@ pub fn mailbox_key(peer: &PeerId) -> Vec<u8> {
     hash.finalize().to_vec()
 }
 
+/// `peers` ordered nearest first to `key` by Kademlia's XOR distance (of
+/// the SHA-256 of each, as the DHT measures it), without repeats.
+pub fn by_distance(key: &[u8], mut peers: Vec<PeerId>) -> Vec<PeerId> {
+    let target = libp2p::kad::KBucketKey::new(key.to_vec());
+    peers.sort_by_key(|p| libp2p::kad::KBucketKey::from(*p).distance(&target));
+    peers.dedup();
+    peers
+}
+
 /// What the event loop should do after a request was served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Effect {

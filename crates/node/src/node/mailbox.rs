@@ -21,6 +21,10 @@ use crate::routing::quota::ForwardQuota;
 use crate::stats::bump;
 use crate::NodeEvent;
 
+mod handoff;
+use handoff::Handoff;
+pub(super) use handoff::HandoffPage;
+
 /// Deposit rounds (our messages and receipts we pass on) at once, at most.
 const MAX_ROUNDS: usize = 1024;
 /// Candidates beyond R a round may fall back to when mailboxes refuse.
@@ -33,6 +37,8 @@ enum Placement {
     Deposit(u64),
     /// Our own mailboxes, to drain.
     Drain,
+    /// A recipient's mailbox set, for handoff `0`.
+    Handoff(u64),
 }
 
 /// An outbound mailbox request of ours.
@@ -49,6 +55,14 @@ enum Outbound {
     ReceiptDirect {
         sender: PeerId,
         receipt: Vec<u8>,
+    },
+    /// An offer of held items (handoff `job`).
+    Offer {
+        job: u64,
+    },
+    /// A copy of a held item (handoff `job`).
+    Copy {
+        job: u64,
     },
     /// Acks and notifications: the answer changes nothing.
     Quiet,
@@ -88,6 +102,14 @@ pub(super) struct MailboxState {
     drain_lookup: bool,
     drained_at: Option<Instant>,
     cleaned_at: Option<Instant>,
+    /// Re-replication: the handoffs of the current page, by job.
+    handoffs: HashMap<u64, Handoff>,
+    next_handoff: u64,
+    /// When the last pass started; whether one is running; where its next
+    /// page starts.
+    replicated_at: Option<Instant>,
+    passing: bool,
+    pass_next: Option<String>,
 }
 
 impl MailboxState {
@@ -106,6 +128,11 @@ impl MailboxState {
             drain_lookup: false,
             drained_at: None,
             cleaned_at: None,
+            handoffs: HashMap::new(),
+            next_handoff: 0,
+            replicated_at: None,
+            passing: false,
+            pass_next: None,
         }
     }
 
@@ -384,6 +411,7 @@ impl EventLoop {
                     self.drain_from(mailbox);
                 }
             }
+            Placement::Handoff(job) => self.on_handoff_placement(job, peers),
         }
     }
 
@@ -513,6 +541,19 @@ impl EventLoop {
                     // The sender is offline: its mailboxes keep the receipt.
                     self.start_round(None, sender, MailPayload::Receipt(receipt));
                 }
+            }
+            Outbound::Offer { job } => self.on_offer_answer(job, peer, response),
+            Outbound::Copy { job } => {
+                let took = matches!(
+                    response,
+                    MailboxResponse::Deposited {
+                        code: MailDepositCode::MailDepositStored
+                            | MailDepositCode::MailDepositDuplicate
+                            | MailDepositCode::MailDepositAcknowledged,
+                        ..
+                    }
+                );
+                self.on_copy_answer(job, peer, took);
             }
             Outbound::Quiet => {}
         }
@@ -675,6 +716,7 @@ impl EventLoop {
         if self.dht.joined && due(self.mailbox.drained_at, drain_every) {
             self.mailbox_drain();
         }
+        self.handoff_tick();
         if due(self.mailbox.cleaned_at, clean_every) {
             self.mailbox.cleaned_at = Some(Instant::now());
             let now = self.now_ms();
