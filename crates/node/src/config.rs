@@ -210,6 +210,11 @@ pub struct MailboxConfig {
     pub requests_per_peer_per_minute: u32,
     /// Items fetched per page when draining our mailboxes.
     pub fetch_page: u32,
+    /// A message still on its way through relays this long after the
+    /// recipient could not be dialled is deposited at its mailboxes too
+    /// (an offline recipient's messages then wait there, not in the outbox).
+    #[serde(with = "humantime_serde")]
+    pub deposit_after: Duration,
     /// Our mailboxes are drained this often (and at start, and when one
     /// tells us it holds something).
     #[serde(with = "humantime_serde")]
@@ -238,6 +243,7 @@ impl Default for MailboxConfig {
             total_bytes: 1024 * 1024 * 1024,
             requests_per_peer_per_minute: 600,
             fetch_page: 64,
+            deposit_after: Duration::from_secs(3),
             drain_interval: Duration::from_secs(5 * 60),
             replicate_interval: Duration::from_secs(10 * 60),
             cleanup_interval: Duration::from_secs(60),
@@ -678,6 +684,7 @@ impl Config {
         for (key, d) in [
             ("mailbox.max_ttl", m.max_ttl),
             ("mailbox.drain_interval", m.drain_interval),
+            ("mailbox.deposit_after", m.deposit_after),
             ("mailbox.replicate_interval", m.replicate_interval),
             ("mailbox.cleanup_interval", m.cleanup_interval),
         ] {
@@ -799,6 +806,8 @@ per_pair_items = {mppi}              # one sender's items waiting for one recipi
 total_bytes = {mtb}
 requests_per_peer_per_minute = {mrpm}
 drain_interval = "{mdi}"            # fetch from our own mailboxes this often
+deposit_after = "{mda}"              # deposit a message still relayed after this long
+replicate_interval = "{mri}"       # offer what this mailbox holds to the current set
 "#,
         listen = d
             .listen
@@ -846,6 +855,8 @@ drain_interval = "{mdi}"            # fetch from our own mailboxes this often
         mtb = d.mailbox.total_bytes,
         mrpm = d.mailbox.requests_per_peer_per_minute,
         mdi = humantime::format_duration(d.mailbox.drain_interval),
+        mda = humantime::format_duration(d.mailbox.deposit_after),
+        mri = humantime::format_duration(d.mailbox.replicate_interval),
     )
 }
 

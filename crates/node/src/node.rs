@@ -236,6 +236,8 @@ enum Internal {
     },
     /// A page from one of our mailboxes was stored.
     MailboxDrained(mailbox::Drained),
+    /// This mailbox holds items for a peer that just connected.
+    MailboxHolds(PeerId),
     /// A page of a re-replication pass was read.
     MailboxHandoffPage(mailbox::HandoffPage),
     /// The held items a peer lacked, read for copying.
@@ -880,6 +882,16 @@ impl EventLoop {
             }
         }
         self.bootstrap();
+        let store = self.shared.store.clone();
+        let remembered = tokio::task::spawn_blocking(move || {
+            let guard = store.lock().unwrap_or_else(|p| p.into_inner());
+            guard.own_mailboxes()
+        })
+        .await;
+        self.mailbox_on_start(match remembered {
+            Ok(Ok(peers)) => peers.iter().filter_map(|p| p.parse().ok()).collect(),
+            _ => Vec::new(),
+        });
         let Ok(Ok(known)) = known else { return };
         for row in known {
             let Ok(peer) = row.peer_id.parse::<PeerId>() else {
@@ -1280,6 +1292,7 @@ impl EventLoop {
             } => self.on_mailbox_served(token, from, response, effect),
             Internal::MailboxDepositReady { id, found } => self.on_deposit_ready(id, found),
             Internal::MailboxDrained(drained) => self.on_drained(drained),
+            Internal::MailboxHolds(peer) => self.notify_recipient(peer),
             Internal::MailboxHandoffPage(page) => self.on_handoff_page(page),
             Internal::MailboxHandoffItems { job, peer, items } => {
                 self.on_handoff_items(job, peer, items)
@@ -1604,12 +1617,15 @@ impl EventLoop {
                 step,
                 ..
             } => match result {
-                kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining, .. }))
-                    if num_remaining == 0 && !self.dht.joined =>
-                {
-                    self.dht.joined = true;
-                    tracing::info!("joined the DHT");
-                    self.publish();
+                kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining, .. })) => {
+                    // The table has peers: fetch what waited for us at once,
+                    // without waiting for every bucket's refresh.
+                    self.mailbox_first_drain();
+                    if num_remaining == 0 && !self.dht.joined {
+                        self.dht.joined = true;
+                        tracing::info!("joined the DHT");
+                        self.publish();
+                    }
                 }
                 kad::QueryResult::Bootstrap(Err(e)) => {
                     // A bootstrap that timed out still filled the table.
@@ -1953,6 +1969,7 @@ impl EventLoop {
             self.swarm.add_peer_address(peer, strip_p2p(address));
         }
         self.emit(NodeEvent::PeerConnected { peer });
+        self.mailbox_on_connected(peer);
         let now = self.now_ms();
         self.background(move |store| {
             store

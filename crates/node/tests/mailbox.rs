@@ -2,6 +2,7 @@
 //! (and in one test the sender too) offline while the message waits at the
 //! mailboxes closest to the recipient's mailbox key.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -272,21 +273,25 @@ async fn a_flooding_sender_is_refused_past_its_quota_and_others_get_through() ->
     }
     let handle = net.handle(flooder).clone();
     let settled = ids.clone();
+    // The refusal each refused message recorded (a later retry may note
+    // another error over it).
+    let reasons = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let seen = reasons.clone();
     wait_until(
         Duration::from_secs(60),
         "every deposit round settled",
         || {
-            let handle = handle.clone();
-            let ids = settled.clone();
+            let (handle, ids, seen) = (handle.clone(), settled.clone(), seen.clone());
             async move {
                 let mut done = 0;
                 for id in &ids {
                     if let Ok(Some(m)) = handle.message_state(*id).await {
-                        let refused = m
-                            .last_error
-                            .as_deref()
-                            .is_some_and(|e| e.contains("no mailbox took"));
-                        if m.replicas.is_some() || refused {
+                        let refusal = m.last_error.filter(|e| e.contains("no mailbox took"));
+                        if let Some(reason) = &refusal {
+                            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                            seen.insert(*id, reason.clone());
+                        }
+                        if m.replicas.is_some() || refusal.is_some() {
                             done += 1;
                         }
                     }
@@ -296,6 +301,7 @@ async fn a_flooding_sender_is_refused_past_its_quota_and_others_get_through() ->
         },
     )
     .await?;
+    let reasons = reasons.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut replicas = 0;
     let mut refused = 0;
     for id in &ids {
@@ -307,7 +313,7 @@ async fn a_flooding_sender_is_refused_past_its_quota_and_others_get_through() ->
         replicas += m.replicas.unwrap_or(0);
         if m.replicas.is_none() {
             refused += 1;
-            let error = m.last_error.unwrap_or_default();
+            let error = reasons.get(id).cloned().unwrap_or_default();
             ensure!(
                 error.contains("waiting here for this recipient"),
                 "the reason: {error}"

@@ -74,6 +74,8 @@ pub struct OfflineReport {
     /// From the recipient's return to the message in its inbox, for
     /// messages sent while it was away, in milliseconds.
     pub after_return_ms: Spread,
+    /// The same, for the messages that waited at mailboxes.
+    pub after_return_from_mailboxes_ms: Spread,
     /// Replicas that accepted each message deposited at mailboxes.
     pub replicas: Spread,
     /// Messages that went through mailboxes (deposited at least once).
@@ -99,9 +101,10 @@ pub async fn offline_churn(
 ) -> Result<OfflineReport, SimError> {
     let nodes = options.senders + options.recipients;
     let mut config = test_config();
-    // Handoffs and drains often enough to matter within the run.
-    config.mailbox.replicate_interval = Duration::from_secs(5);
-    config.mailbox.drain_interval = Duration::from_secs(10);
+    // Production timers but for handoffs, which should happen within the
+    // run (and routing-table refreshes: all nodes share two cores).
+    config.mailbox.replicate_interval = Duration::from_secs(10);
+    config.dht.refresh_interval = Duration::from_secs(300);
     let mut sim = SimOptions::new(nodes, Topology::Isolated);
     sim.seed = options.seed;
     sim.transport = SimTransport::Tcp;
@@ -216,7 +219,13 @@ pub async fn offline_churn(
         elapsed_s,
         ..OfflineReport::default()
     };
-    let mut after_return = Vec::new();
+    // Replicas per message (`None`: never deposited).
+    let mut replicas = Vec::with_capacity(sent.len());
+    for (sender, _, id, _) in &sent {
+        let row = net.handle(*sender).message_state(*id).await.ok().flatten();
+        replicas.push(row.and_then(|m| m.replicas));
+    }
+    let (mut after_return, mut from_mailboxes) = (Vec::new(), Vec::new());
     for (message, (_, recipient, _, away)) in sent.iter().enumerate() {
         let Some(rows) = inboxes.get(&body(message)) else {
             continue;
@@ -227,20 +236,18 @@ pub async fn offline_churn(
             report.sent_while_away += 1;
             if let Some((_, Some(back))) = absences.get(recipient) {
                 let first = rows.iter().min().copied().unwrap_or(*back);
-                after_return.push(first.saturating_sub(*back) as f64);
+                let took = first.saturating_sub(*back) as f64;
+                after_return.push(took);
+                if replicas[message].is_some() {
+                    from_mailboxes.push(took);
+                }
             }
         }
     }
     report.delivery_rate = report.received as f64 / options.messages.max(1) as f64;
     report.after_return_ms = Spread::of(&after_return);
-    let mut replicas = Vec::new();
-    for (sender, _, id, _) in &sent {
-        if let Ok(Some(m)) = net.handle(*sender).message_state(*id).await {
-            if let Some(n) = m.replicas {
-                replicas.push(f64::from(n));
-            }
-        }
-    }
+    report.after_return_from_mailboxes_ms = Spread::of(&from_mailboxes);
+    let replicas: Vec<f64> = replicas.into_iter().flatten().map(f64::from).collect();
     report.deposited = replicas.len();
     report.replicas = Spread::of(&replicas);
     report.replicated = (0..nodes)

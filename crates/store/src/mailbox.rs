@@ -527,6 +527,35 @@ impl Store {
         Ok(MailboxPurge { items, tombstones })
     }
 
+    /// Replaces the remembered set of this node's own mailboxes (nearest first), so a restart
+    /// can fetch from them before any lookup.
+    pub fn save_own_mailboxes(&mut self, peers: &[String], now_ms: u64) -> Result<(), StoreError> {
+        const OP: &str = "save_own_mailboxes";
+        let tx = self.write_tx(OP)?;
+        tx.execute("DELETE FROM own_mailboxes", [])
+            .map_err(sql(OP))?;
+        for (rank, peer) in peers.iter().enumerate() {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO own_mailboxes (peer_id, rank, updated_ms) \
+                 VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![peer, rank as i64, now_ms]))
+            .map_err(sql(OP))?;
+        }
+        tx.commit().map_err(sql(OP))
+    }
+
+    /// The remembered set of this node's own mailboxes, nearest first.
+    pub fn own_mailboxes(&self) -> Result<Vec<String>, StoreError> {
+        const OP: &str = "own_mailboxes";
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT peer_id FROM own_mailboxes ORDER BY rank LIMIT 64")
+            .map_err(sql(OP))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(sql(OP))?;
+        rows.collect::<Result<_, _>>().map_err(sql(OP))
+    }
+
     /// What the mailbox holds.
     pub fn mailbox_stats(&self) -> Result<MailboxStats, StoreError> {
         const OP: &str = "mailbox_stats";
@@ -709,6 +738,18 @@ mod tests {
             DepositOutcome::Stored
         );
         assert_eq!(store.mailbox_ids("carol", 100, 10).unwrap(), vec![[5; 16]]);
+    }
+
+    #[test]
+    fn the_own_mailbox_set_is_replaced_and_kept_in_order() {
+        let mut store = Store::open_in_memory().unwrap();
+        assert!(store.own_mailboxes().unwrap().is_empty());
+        let first: Vec<String> = ["c", "a", "b"].map(String::from).to_vec();
+        store.save_own_mailboxes(&first, 1).unwrap();
+        assert_eq!(store.own_mailboxes().unwrap(), first);
+        let second: Vec<String> = ["d", "c"].map(String::from).to_vec();
+        store.save_own_mailboxes(&second, 2).unwrap();
+        assert_eq!(store.own_mailboxes().unwrap(), second);
     }
 
     #[test]

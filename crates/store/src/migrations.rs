@@ -174,10 +174,21 @@ CREATE TABLE mailbox_acked (
 CREATE INDEX mailbox_acked_expiry ON mailbox_acked (expires_ms);
 ",
     },
+    Migration {
+        version: 8,
+        name: "20261127090000_own_mailboxes",
+        sql: "
+CREATE TABLE own_mailboxes (
+    peer_id    TEXT    PRIMARY KEY,
+    rank       INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+",
+    },
 ];
 
 /// The highest schema version this build knows.
-pub const LATEST_VERSION: u32 = 7;
+pub const LATEST_VERSION: u32 = 8;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,

@@ -110,6 +110,9 @@ pub(super) struct MailboxState {
     replicated_at: Option<Instant>,
     passing: bool,
     pass_next: Option<String>,
+    /// Our messages handed to relays, to deposit if still undelivered at
+    /// the time given (in order).
+    deposit_due: VecDeque<(Instant, MessageId)>,
 }
 
 impl MailboxState {
@@ -133,6 +136,7 @@ impl MailboxState {
             replicated_at: None,
             passing: false,
             pass_next: None,
+            deposit_due: VecDeque::new(),
         }
     }
 
@@ -282,9 +286,8 @@ impl EventLoop {
             Effect::None => {}
             Effect::StoredFor(recipient) => {
                 bump(&stats.mailbox_stored);
-                if recipient != from && self.swarm.is_connected(&recipient) {
-                    let notify = MailboxRequest::Notify { items: 1 };
-                    self.mailbox_request(recipient, notify, Outbound::Quiet);
+                if recipient != from {
+                    self.notify_recipient(recipient);
                 }
             }
             Effect::Delivered(id) => {
@@ -300,6 +303,28 @@ impl EventLoop {
             Effect::Acked => bump(&stats.mailbox_acks),
             Effect::Fetched => bump(&stats.mailbox_fetches),
         }
+    }
+
+    /// Tells `recipient`, if it is connected, that items wait for it here.
+    pub(super) fn notify_recipient(&mut self, recipient: PeerId) {
+        if self.swarm.is_connected(&recipient) && self.shutdown.is_none() {
+            let notify = MailboxRequest::Notify { items: 1 };
+            self.mailbox_request(recipient, notify, Outbound::Quiet);
+        }
+    }
+
+    /// A peer connected: if this mailbox holds items for it, say so.
+    pub(super) fn mailbox_on_connected(&mut self, peer: PeerId) {
+        if !self.shared.config.has_role(Role::Mailbox) {
+            return;
+        }
+        let now = self.now_ms();
+        self.background(move |store| {
+            let holds = store
+                .mailbox_ids(&peer.to_base58(), now, 1)
+                .is_ok_and(|ids| !ids.is_empty());
+            holds.then_some(Internal::MailboxHolds(peer))
+        });
     }
 
     /// Sends `request` to `peer`; its answer goes where `outbound` says.
@@ -336,6 +361,15 @@ impl EventLoop {
                 });
             Some(Internal::MailboxDepositReady { id, found })
         });
+    }
+
+    /// Our message `id` went to relays because its recipient could not be
+    /// dialled: deposit it too unless it is delivered by `deposit_after`.
+    pub(super) fn mailbox_deposit_later(&mut self, id: MessageId) {
+        if self.mailbox.deposit_due.len() < MAX_ROUNDS * 4 {
+            let at = Instant::now() + self.shared.config.mailbox.deposit_after;
+            self.mailbox.deposit_due.push_back((at, id));
+        }
     }
 
     pub(super) fn on_deposit_ready(&mut self, id: MessageId, found: Option<(PeerId, Vec<u8>)>) {
@@ -407,6 +441,17 @@ impl EventLoop {
             Placement::Drain => {
                 self.mailbox.drain_lookup = false;
                 self.mailbox.ours = peers.into_iter().filter(|p| *p != me).take(r + 1).collect();
+                let remember: Vec<String> =
+                    self.mailbox.ours.iter().map(|p| p.to_base58()).collect();
+                let now = self.now_ms();
+                if !remember.is_empty() {
+                    self.background(move |store| {
+                        if let Err(e) = store.save_own_mailboxes(&remember, now) {
+                            tracing::warn!("cannot remember our mailboxes: {e}");
+                        }
+                        None
+                    });
+                }
                 for mailbox in self.mailbox.ours.clone() {
                     self.drain_from(mailbox);
                 }
@@ -577,6 +622,24 @@ impl EventLoop {
         self.mailbox.lookups.insert(query, Placement::Drain);
     }
 
+    /// At start: fetch at once from the mailboxes we had last time (no
+    /// lookup needed), and look up the current set.
+    pub(super) fn mailbox_on_start(&mut self, remembered: Vec<PeerId>) {
+        let me = self.shared.peer_id;
+        self.mailbox.ours = remembered.into_iter().filter(|p| *p != me).collect();
+        for mailbox in self.mailbox.ours.clone() {
+            self.drain_from(mailbox);
+        }
+        self.mailbox_first_drain();
+    }
+
+    /// The first drain after start, as soon as the routing table has peers.
+    pub(super) fn mailbox_first_drain(&mut self) {
+        if self.mailbox.drained_at.is_none() && self.routing_table_len() > 0 {
+            self.mailbox_drain();
+        }
+    }
+
     /// Fetches our items from `mailbox`, page by page.
     fn drain_from(&mut self, mailbox: PeerId) {
         if self.shutdown.is_some() || !self.mailbox.draining.insert(mailbox) {
@@ -717,6 +780,14 @@ impl EventLoop {
             self.mailbox_drain();
         }
         self.handoff_tick();
+        let now = Instant::now();
+        while let Some(&(at, id)) = self.mailbox.deposit_due.front() {
+            if at > now {
+                break;
+            }
+            self.mailbox.deposit_due.pop_front();
+            self.mailbox_deposit(id);
+        }
         if due(self.mailbox.cleaned_at, clean_every) {
             self.mailbox.cleaned_at = Some(Instant::now());
             let now = self.now_ms();

@@ -168,6 +168,9 @@ impl EventLoop {
             tried.push(destination);
         }
         if self.forward(routed, Upstream::Origin { id }, tried) {
+            if self.route.recently_unreachable(&destination) {
+                self.mailbox_deposit_later(id);
+            }
             let now_ms = self.now_ms();
             let events = self.shared.events.clone();
             self.background(move |store| {
