@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use peercomm_sim::scale::{dht_scale, DhtScaleOptions, DhtScaleReport, LookupRound};
+use peercomm_sim::offline::{offline_churn, OfflineOptions, OfflineReport};
+use peercomm_sim::scale::{dht_scale, DhtScaleOptions, DhtScaleReport, LookupRound, Spread};
 
 /// `peercomm bench dht`.
 #[derive(Debug, Clone, clap::Args)]
@@ -118,4 +119,101 @@ fn print_report(r: &DhtScaleReport) {
     );
     print_round("lookups", &r.before_churn);
     print_round(&format!("after churn ({} left)", r.left), &r.after_churn);
+}
+
+/// `peercomm bench offline`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct OfflineBenchArgs {
+    /// Recipients, each going offline once (half by crashing) and returning.
+    #[arg(long, default_value_t = 50)]
+    recipients: usize,
+    /// Senders (never offline; they and the recipients are the mailboxes).
+    #[arg(long, default_value_t = 6)]
+    senders: usize,
+    /// Messages in all, spread over the window, to the recipients in turn.
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// How long the sending lasts.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Each recipient is away for a random time between this...
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    away_min: Duration,
+    /// ...and this.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    away_max: Duration,
+    /// Seed for every random choice (random if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Runs the offline-delivery churn benchmark and prints its figures.
+pub(crate) async fn offline(args: OfflineBenchArgs, json: bool) -> anyhow::Result<()> {
+    if args.recipients == 0 || args.senders == 0 || args.messages == 0 {
+        bail!("--recipients, --senders and --messages must each be at least 1");
+    }
+    if args.away_min > args.away_max || args.away_max >= args.window {
+        bail!(
+            "need --away-min <= --away-max < --window (got {}, {}, {})",
+            humantime::format_duration(args.away_min),
+            humantime::format_duration(args.away_max),
+            humantime::format_duration(args.window)
+        );
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let mut options = OfflineOptions::new(args.recipients, args.messages, seed);
+    options.senders = args.senders;
+    options.window = args.window;
+    options.away = (args.away_min, args.away_max);
+    if !json {
+        println!(
+            "peercomm bench offline: {} messages to {} recipients from {} senders over {}, \
+             real nodes on loopback TCP (seed {seed})",
+            args.messages,
+            args.recipients,
+            args.senders,
+            humantime::format_duration(args.window)
+        );
+    }
+    let mut progress = |line: &str| {
+        if !json {
+            println!("  {line}");
+        }
+    };
+    let report = offline_churn(&options, &mut progress).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_offline(&report);
+    }
+    Ok(())
+}
+
+fn spread_ms(s: &Spread) -> String {
+    format!(
+        "p50 {:.0} ms p95 {:.0} ms p99 {:.0} ms max {:.0} ms",
+        s.p50, s.p95, s.p99, s.max
+    )
+}
+
+fn print_offline(r: &OfflineReport) {
+    println!(
+        "  delivered     {}/{} received ({:.2}%), {} duplicates, {} receipts back at the senders",
+        r.received,
+        r.messages,
+        r.delivery_rate * 100.0,
+        r.duplicates,
+        r.delivered
+    );
+    println!(
+        "  away          {} sent while the recipient was away; {} went through mailboxes \
+         (replicas p50 {:.0}, max {:.0}); {} copies re-replicated",
+        r.sent_while_away, r.deposited, r.replicas.p50, r.replicas.max, r.replicated
+    );
+    println!("  after return  {}", spread_ms(&r.after_return_ms));
+    println!(
+        "  from mailboxes {}",
+        spread_ms(&r.after_return_from_mailboxes_ms)
+    );
+    println!("  elapsed       {:.1} s", r.elapsed_s);
 }

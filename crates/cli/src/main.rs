@@ -56,6 +56,9 @@ enum LogFormat {
 enum BenchKind {
     /// The DHT at scale: formation, lookups against the Kademlia bound, churn.
     Dht(bench::DhtBenchArgs),
+    /// Offline delivery under churn: recipients leave and return at random
+    /// while messages flow; delivery rate, duplicates, time after return.
+    Offline(bench::OfflineBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +218,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             kind: BenchKind::Dht(args),
         } => bench::dht(args.clone(), json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            kind: BenchKind::Offline(args),
+        } => bench::offline(args.clone(), json)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Init => daemon::init(&data_dir(&cli)?, json),
