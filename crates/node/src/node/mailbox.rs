@@ -51,10 +51,12 @@ enum Outbound {
         mailbox: PeerId,
     },
     /// A receipt handed to the sender itself; on failure it goes to the
-    /// sender's mailboxes.
+    /// sender's mailboxes. Message `id` is acknowledged at our mailboxes
+    /// once the receipt is placed.
     ReceiptDirect {
         sender: PeerId,
         receipt: Vec<u8>,
+        ack: (MessageId, PeerId),
     },
     /// An offer of held items (handoff `job`).
     Offer {
@@ -74,6 +76,9 @@ struct Round {
     /// Our message, whose outbox row records the replicas; `None` for a
     /// receipt we pass on.
     own: Option<MessageId>,
+    /// For a receipt: the message to acknowledge at our mailboxes (and the
+    /// one it came from) once a mailbox of the sender took it.
+    then_ack: Option<(MessageId, PeerId)>,
     /// Whose mailboxes.
     recipient: PeerId,
     payload: MailPayload,
@@ -113,6 +118,9 @@ pub(super) struct MailboxState {
     /// Our messages handed to relays, to deposit if still undelivered at
     /// the time given (in order).
     deposit_due: VecDeque<(Instant, MessageId)>,
+    /// Drained messages whose receipts are placed: acknowledged together
+    /// at the next tick.
+    acks_due: Vec<(MessageId, PeerId)>,
 }
 
 impl MailboxState {
@@ -137,6 +145,7 @@ impl MailboxState {
             passing: false,
             pass_next: None,
             deposit_due: VecDeque::new(),
+            acks_due: Vec::new(),
         }
     }
 
@@ -152,8 +161,11 @@ pub(super) struct Drained {
     pub(super) mailbox: PeerId,
     /// Ids to acknowledge (stored, or never deliverable here).
     pub(super) acks: Vec<MessageId>,
-    /// Receipts for the senders of what we stored: (sender, signed receipt).
-    pub(super) receipts: Vec<(PeerId, Vec<u8>)>,
+    /// Receipts for the senders of what we stored: (sender, signed
+    /// receipt, message id). Each message is acknowledged once its receipt
+    /// is placed, so a crash before that leaves it in the mailboxes to be
+    /// fetched (and its receipt made) again.
+    pub(super) receipts: Vec<(PeerId, Vec<u8>, MessageId)>,
     /// The cursor of the next page, if there is one.
     pub(super) next: Option<u64>,
 }
@@ -375,7 +387,7 @@ impl EventLoop {
     pub(super) fn on_deposit_ready(&mut self, id: MessageId, found: Option<(PeerId, Vec<u8>)>) {
         match found {
             Some((recipient, envelope)) => {
-                self.start_round(Some(id), recipient, MailPayload::Envelope(envelope))
+                self.start_round(Some(id), None, recipient, MailPayload::Envelope(envelope))
             }
             None => {
                 self.mailbox.depositing.remove(&id);
@@ -384,7 +396,13 @@ impl EventLoop {
     }
 
     /// Looks up `recipient`'s mailboxes, then deposits `payload` there.
-    fn start_round(&mut self, own: Option<MessageId>, recipient: PeerId, payload: MailPayload) {
+    fn start_round(
+        &mut self,
+        own: Option<MessageId>,
+        then_ack: Option<(MessageId, PeerId)>,
+        recipient: PeerId,
+        payload: MailPayload,
+    ) {
         if self.mailbox.rounds.len() >= MAX_ROUNDS {
             if let Some(id) = own {
                 self.mailbox.depositing.remove(&id);
@@ -397,6 +415,7 @@ impl EventLoop {
             round,
             Round {
                 own,
+                then_ack,
                 recipient,
                 payload,
                 candidates: VecDeque::new(),
@@ -485,8 +504,12 @@ impl EventLoop {
             return;
         };
         let Some(id) = round.own else {
-            if round.accepted == 0 {
-                tracing::debug!(sender = %round.recipient, "no mailbox took a receipt");
+            match round.then_ack {
+                Some(ack) if round.accepted > 0 => self.mailbox.acks_due.push(ack),
+                _ => tracing::debug!(
+                    sender = %round.recipient,
+                    "no mailbox took a receipt; the message stays in ours until the next drain"
+                ),
             }
             return;
         };
@@ -574,7 +597,11 @@ impl EventLoop {
                     self.mailbox.draining.remove(&mailbox);
                 }
             },
-            Outbound::ReceiptDirect { sender, receipt } => {
+            Outbound::ReceiptDirect {
+                sender,
+                receipt,
+                ack,
+            } => {
                 let took = matches!(
                     response,
                     MailboxResponse::Deposited {
@@ -582,9 +609,11 @@ impl EventLoop {
                         ..
                     }
                 );
-                if !took {
+                if took {
+                    self.mailbox.acks_due.push(ack);
+                } else {
                     // The sender is offline: its mailboxes keep the receipt.
-                    self.start_round(None, sender, MailPayload::Receipt(receipt));
+                    self.start_round(None, Some(ack), sender, MailPayload::Receipt(receipt));
                 }
             }
             Outbound::Offer { job } => self.on_offer_answer(job, peer, response),
@@ -683,9 +712,11 @@ impl EventLoop {
                         }
                         match answer.result {
                             Some(peercomm_wire::pb::msg_response::Result::Receipt(receipt)) => {
-                                acks.push(header.id);
-                                receipts
-                                    .push((header.sender, prost::Message::encode_to_vec(&receipt)));
+                                receipts.push((
+                                    header.sender,
+                                    prost::Message::encode_to_vec(&receipt),
+                                    header.id,
+                                ));
                             }
                             Some(peercomm_wire::pb::msg_response::Result::Reject(reject))
                                 if reject.code
@@ -736,33 +767,44 @@ impl EventLoop {
             receipts,
             next,
         } = drained;
-        if !acks.is_empty() {
-            let now = self.now_ms();
-            for chunk in acks.chunks(peercomm_wire::MAX_MAIL_IDS) {
-                match peercomm_wire::sign_mail_ack(self.identity.keypair(), chunk, now) {
-                    Ok(signed) => {
-                        // Every mailbox of ours that may hold a copy deletes it.
-                        let mut to: Vec<PeerId> = self.mailbox.ours.clone();
-                        if !to.contains(&mailbox) {
-                            to.push(mailbox);
-                        }
-                        for peer in to {
-                            let request = MailboxRequest::Ack(signed.clone());
-                            self.mailbox_request(peer, request, Outbound::Quiet);
-                        }
-                    }
-                    Err(e) => tracing::warn!("cannot sign a mailbox ack: {e}"),
-                }
-            }
-        }
-        for (sender, receipt) in receipts {
+        self.send_acks(&acks, Some(mailbox));
+        for (sender, receipt, id) in receipts {
             let request = MailboxRequest::Deposit(MailPayload::Receipt(receipt.clone()));
-            self.mailbox_request(sender, request, Outbound::ReceiptDirect { sender, receipt });
+            let outbound = Outbound::ReceiptDirect {
+                sender,
+                receipt,
+                ack: (id, mailbox),
+            };
+            self.mailbox_request(sender, request, outbound);
         }
         match next {
             Some(after) if self.shutdown.is_none() => self.fetch_page(mailbox, after),
             _ => {
                 self.mailbox.draining.remove(&mailbox);
+            }
+        }
+    }
+
+    /// Signed acknowledgements of `ids` to every mailbox of ours that may
+    /// hold a copy (and `also`, the one they came from).
+    fn send_acks(&mut self, ids: &[MessageId], also: Option<PeerId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut to: Vec<PeerId> = self.mailbox.ours.clone();
+        if let Some(also) = also.filter(|p| !to.contains(p)) {
+            to.push(also);
+        }
+        let now = self.now_ms();
+        for chunk in ids.chunks(peercomm_wire::MAX_MAIL_IDS) {
+            match peercomm_wire::sign_mail_ack(self.identity.keypair(), chunk, now) {
+                Ok(signed) => {
+                    for peer in &to {
+                        let request = MailboxRequest::Ack(signed.clone());
+                        self.mailbox_request(*peer, request, Outbound::Quiet);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot sign a mailbox ack: {e}"),
             }
         }
     }
@@ -780,6 +822,13 @@ impl EventLoop {
             self.mailbox_drain();
         }
         self.handoff_tick();
+        let mut acks: HashMap<PeerId, Vec<MessageId>> = HashMap::new();
+        for (id, from) in std::mem::take(&mut self.mailbox.acks_due) {
+            acks.entry(from).or_default().push(id);
+        }
+        for (from, ids) in acks {
+            self.send_acks(&ids, Some(from));
+        }
         let now = Instant::now();
         while let Some(&(at, id)) = self.mailbox.deposit_due.front() {
             if at > now {
