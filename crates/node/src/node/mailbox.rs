@@ -89,6 +89,20 @@ struct Round {
     refusal: Option<String>,
 }
 
+/// Whether a deposit's answer means the mailbox holds the item (stored now,
+/// held already, or acknowledged by its recipient): it counts as a replica.
+fn holds_it(response: &MailboxResponse) -> bool {
+    matches!(
+        response,
+        MailboxResponse::Deposited {
+            code: MailDepositCode::MailDepositStored
+                | MailDepositCode::MailDepositDuplicate
+                | MailDepositCode::MailDepositAcknowledged,
+            ..
+        }
+    )
+}
+
 /// Mailbox state kept by the event loop.
 pub(super) struct MailboxState {
     quota: ForwardQuota,
@@ -555,15 +569,7 @@ impl EventLoop {
         };
         match outbound {
             Outbound::Deposit { round } => {
-                let took = matches!(
-                    response,
-                    MailboxResponse::Deposited {
-                        code: MailDepositCode::MailDepositStored
-                            | MailDepositCode::MailDepositDuplicate
-                            | MailDepositCode::MailDepositAcknowledged,
-                        ..
-                    }
-                );
+                let took = holds_it(&response);
                 if !took {
                     tracing::debug!(%peer, ?response, "mailbox did not take the item");
                 }
@@ -618,15 +624,7 @@ impl EventLoop {
             }
             Outbound::Offer { job } => self.on_offer_answer(job, peer, response),
             Outbound::Copy { job } => {
-                let took = matches!(
-                    response,
-                    MailboxResponse::Deposited {
-                        code: MailDepositCode::MailDepositStored
-                            | MailDepositCode::MailDepositDuplicate
-                            | MailDepositCode::MailDepositAcknowledged,
-                        ..
-                    }
-                );
+                let took = holds_it(&response);
                 self.on_copy_answer(job, peer, took);
             }
             Outbound::Quiet => {}
