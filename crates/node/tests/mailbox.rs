@@ -580,3 +580,100 @@ async fn a_mailbox_killed_during_deposits_loses_nothing_it_acknowledged() -> Res
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stays_in_the_mailboxes_until_its_receipt_is_placed() -> Result<()> {
+    // Each mailbox holds at most one item signed by any one peer, so the
+    // recipient's receipt can be refused everywhere.
+    let mut net = start_with(|o| {
+        o.config.mailbox.per_sender_items = 1;
+        o.config.mailbox.drain_interval = Duration::from_secs(2);
+    })
+    .await?;
+    let (sender, recipient, other) = (1, NODES - 1, NODES - 2);
+    // The recipient fills its one slot at every mailbox but `other`'s own:
+    // two messages to `other`, who is away (4 replicas, then the 2 spares).
+    net.stop(other).await?;
+    let to_other = net.peer_id(other);
+    for body in [b"one".to_vec(), b"two".to_vec()] {
+        let id = net
+            .handle(recipient)
+            .send(to_other, body, SendOptions::default())
+            .await?;
+        let handle = net.handle(recipient).clone();
+        wait_until(Duration::from_secs(60), "a deposit round settled", || {
+            let handle = handle.clone();
+            async move {
+                handle
+                    .message_state(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| {
+                        m.replicas.is_some()
+                            || m.last_error.is_some_and(|e| e.contains("no mailbox took"))
+                    })
+            }
+        })
+        .await?;
+    }
+    ensure!(
+        held(&net, &[recipient, other]).await? == 6,
+        "the recipient's slot is taken at all 6 mailboxes"
+    );
+
+    // The sender's message waits for the recipient; then the sender leaves.
+    net.stop(recipient).await?;
+    let body = b"receipt first".to_vec();
+    let (id, stored) =
+        send_while_away(&net, sender, recipient, &body, SendOptions::default()).await?;
+    ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
+    net.stop(sender).await?;
+    let mailboxes: Vec<usize> = (0..NODES)
+        .filter(|i| ![sender, recipient, other].contains(i))
+        .collect();
+    let before = held(&net, &[sender, recipient, other]).await?;
+
+    // The recipient returns and reads it, but no mailbox of the sender takes
+    // its receipt: the message is not acknowledged, so it stays.
+    net.restart(recipient).await?;
+    let handle = net.handle(recipient).clone();
+    wait_until(Duration::from_secs(60), "the message drained", || {
+        let (handle, body) = (handle.clone(), body.clone());
+        async move { received(&handle, &body).await.is_ok_and(|n| n == 1) }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused: u64 = mailboxes
+        .iter()
+        .map(|i| net.handle(*i).stats().mailbox_refused)
+        .sum();
+    ensure!(refused > 0, "the receipt was refused");
+    ensure!(
+        held(&net, &[sender, recipient, other]).await? == before,
+        "copies deleted before the receipt was placed"
+    );
+
+    // The sender returns: the receipt reaches it, then the copies go.
+    net.restart(sender).await?;
+    wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(60),
+        "the copies acknowledged",
+        || async {
+            held(&net, &[sender, recipient, other])
+                .await
+                .is_ok_and(|n| n == before - 4)
+        },
+    )
+    .await?;
+    ensure!(received(net.handle(recipient), &body).await? == 1);
+    net.shutdown().await;
+    Ok(())
+}
