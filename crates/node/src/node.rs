@@ -937,6 +937,7 @@ impl EventLoop {
         let batch = self.shared.config.delivery.batch as u32;
         let skip = self.in_flight_ids.clone();
         let backoff = self.backoff;
+        let replicas = self.shared.config.mailbox.replicas as u32;
         let mut rng =
             StdRng::from_rng(&mut self.rng).unwrap_or_else(|_| StdRng::seed_from_u64(now));
         let keypair = self.identity.keypair().clone();
@@ -981,8 +982,12 @@ impl EventLoop {
                 let mut update = AttemptUpdate {
                     id: m.id,
                     next_attempt_ms: now.saturating_add(
-                        u64::try_from(backoff.delay(m.attempts + 1, &mut rng).as_millis())
-                            .unwrap_or(u64::MAX),
+                        u64::try_from(
+                            backoff
+                                .delay_held(m.attempts + 1, m.held_by(replicas), &mut rng)
+                                .as_millis(),
+                        )
+                        .unwrap_or(u64::MAX),
                     ),
                     error: None,
                     envelope: None,

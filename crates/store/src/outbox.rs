@@ -172,6 +172,13 @@ pub struct OutgoingMessage {
     pub route: Route,
 }
 
+impl OutgoingMessage {
+    /// Whether at least `r` of the recipient's mailboxes hold it (state `stored`).
+    pub fn held_by(&self, r: u32) -> bool {
+        self.state == DeliveryState::Stored && self.replicas.unwrap_or(0) >= r.max(1)
+    }
+}
+
 macro_rules! select_outgoing {
     () => {
         "SELECT seq, id, recipient, body, priority, kind, created_ms, expires_ms, state, \
@@ -763,6 +770,11 @@ mod tests {
             (got.hops, got.replicas, got.updated_ms),
             (Some(3), Some(4), 152)
         );
+        // Replicas alone do not make it held: the state must be `stored`.
+        assert!(!got.held_by(4));
+        store.set_state(&m.id, DeliveryState::Stored, 153).unwrap();
+        let got = store.get_outgoing(&m.id).unwrap().unwrap();
+        assert!(got.held_by(4) && got.held_by(3) && !got.held_by(5));
         assert!(matches!(
             store.record_attempt(&[9; 16], 1, 2, None),
             Err(StoreError::NotFound { .. })

@@ -48,6 +48,14 @@ impl Backoff {
         let ms = (raw_ms * (1.0 + spread)).max(0.0);
         Duration::from_millis(ms as u64)
     }
+
+    /// [`Backoff::delay`], except that a message its recipient's mailboxes
+    /// hold (`held`) waits the longest delay at once: the mailboxes will
+    /// hand it over when the recipient returns, and a connection from the
+    /// recipient makes it due again anyway.
+    pub fn delay_held(&self, attempts: u32, held: bool, rng: &mut impl Rng) -> Duration {
+        self.delay(if held { u32::MAX } else { attempts }, rng)
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +101,18 @@ mod tests {
         let delays: std::collections::HashSet<u128> =
             (0..100).map(|_| b.delay(3, &mut rng).as_millis()).collect();
         assert!(delays.len() > 50, "only {} distinct delays", delays.len());
+    }
+
+    #[test]
+    fn a_message_held_by_mailboxes_waits_the_longest_delay_at_once() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let b = Backoff {
+            jitter: 0.0,
+            ..schedule()
+        };
+        assert_eq!(b.delay_held(1, true, &mut rng), Duration::from_secs(60));
+        assert_eq!(b.delay_held(1, false, &mut rng), Duration::from_secs(1));
+        assert_eq!(b.delay_held(3, false, &mut rng), Duration::from_secs(4));
     }
 
     #[test]
