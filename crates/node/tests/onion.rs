@@ -325,11 +325,18 @@ async fn too_few_relays_is_a_clear_error_and_large_bodies_are_refused() -> Resul
         }
     })
     .await?;
+    // Never left at mailboxes either: they would see both ends.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let out = message(net.handle(s), id).await.context("message")?;
     ensure!(
         out.state != DeliveryState::Delivered,
         "delivered without relays"
     );
+    ensure!(out.replicas.is_none(), "deposited: {:?}", out.replicas);
+    for i in 0..5 {
+        let held = net.handle(i).mailbox_stats().await?.items;
+        ensure!(held == 0, "node {i}'s mailbox holds {held} items");
+    }
 
     let too_big = vec![b'a'; peercomm_wire::MAX_ONION_BODY_BYTES + 1];
     let err = net

@@ -381,7 +381,11 @@ impl EventLoop {
                 .ok()
                 .flatten()
                 .and_then(|m| {
-                    let wanted = !m.state.is_terminal() && m.replicas.unwrap_or(0) < replicas;
+                    // An onion message is never left at mailboxes: they would
+                    // see its sender and recipient side by side in the header.
+                    let wanted = !m.state.is_terminal()
+                        && m.replicas.unwrap_or(0) < replicas
+                        && m.route != peercomm_store::Route::Onion;
                     let recipient = m.recipient.parse::<PeerId>().ok()?;
                     Some((recipient, m.envelope?)).filter(|_| wanted)
                 });
