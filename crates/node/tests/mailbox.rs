@@ -385,6 +385,32 @@ async fn holders(net: &SimNet, except: &[usize]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// Crashes two of the nodes holding items (never the bootstrap node 0 or
+/// `recipient`); returns which.
+async fn kill_two_holders(net: &mut SimNet, recipient: usize) -> Result<Vec<usize>> {
+    let dying: Vec<usize> = holders(net, &[0, recipient])
+        .await?
+        .into_iter()
+        .take(2)
+        .collect();
+    ensure!(dying.len() == 2, "holders besides node 0: {dying:?}");
+    for i in &dying {
+        net.kill(*i)?;
+    }
+    Ok(dying)
+}
+
+/// Waits until `node`'s inbox holds `body`.
+async fn wait_received(net: &SimNet, node: usize, body: &[u8]) -> Result<()> {
+    let handle = net.handle(node).clone();
+    wait_until(Duration::from_secs(60), "the message drained", || {
+        let (handle, body) = (handle.clone(), body.to_vec());
+        async move { received(&handle, &body).await.is_ok_and(|n| n > 0) }
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_four_mailboxes_dying_still_deliver_exactly_once() -> Result<()> {
     let mut net = start().await?;
@@ -396,24 +422,11 @@ async fn two_of_four_mailboxes_dying_still_deliver_exactly_once() -> Result<()> 
     ensure!(stored.replicas == Some(4), "replicas {:?}", stored.replicas);
     // Two of the holders crash (not the bootstrap node), and the sender
     // leaves, so only the 2 remaining mailboxes can deliver.
-    let dying: Vec<usize> = holders(&net, &[0, recipient])
-        .await?
-        .into_iter()
-        .take(2)
-        .collect();
-    ensure!(dying.len() == 2, "holders besides node 0: {dying:?}");
-    for i in &dying {
-        net.kill(*i)?;
-    }
+    kill_two_holders(&mut net, recipient).await?;
     net.stop(sender).await?;
 
     net.restart(recipient).await?;
-    let handle = net.handle(recipient).clone();
-    wait_until(Duration::from_secs(60), "the message drained", || {
-        let (handle, body) = (handle.clone(), body.clone());
-        async move { received(&handle, &body).await.is_ok_and(|n| n > 0) }
-    })
-    .await?;
+    wait_received(&net, recipient, &body).await?;
     // Both survivors served it; the recipient kept one copy.
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(received(net.handle(recipient), &body).await? == 1);
@@ -445,14 +458,7 @@ async fn copies_follow_the_mailbox_set_as_it_changes() -> Result<()> {
 
     // Two holders crash (not the bootstrap node): the survivors copy the
     // message to the next nearest, so 4 copies stay available.
-    let dying: Vec<usize> = holders(&net, &[0, recipient])
-        .await?
-        .into_iter()
-        .take(2)
-        .collect();
-    for i in &dying {
-        net.kill(*i)?;
-    }
+    kill_two_holders(&mut net, recipient).await?;
     settle(&net, recipient, "4 copies again after 2 holders died").await?;
     let replicated: u64 = (0..net.len())
         .filter(|i| net.is_running(*i))
@@ -470,13 +476,7 @@ async fn copies_follow_the_mailbox_set_as_it_changes() -> Result<()> {
 
     // The recipient returns and gets it exactly once.
     net.restart(recipient).await?;
-    let handle = net.handle(recipient).clone();
-    wait_until(Duration::from_secs(60), "the message drained", || {
-        let handle = handle.clone();
-        let body = body.clone();
-        async move { received(&handle, &body).await.is_ok_and(|n| n > 0) }
-    })
-    .await?;
+    wait_received(&net, recipient, &body).await?;
     ensure!(received(net.handle(recipient), &body).await? == 1);
     net.shutdown().await;
     Ok(())
@@ -637,13 +637,9 @@ async fn a_message_stays_in_the_mailboxes_until_its_receipt_is_placed() -> Resul
     // The recipient returns and reads it, but no mailbox of the sender takes
     // its receipt: the message is not acknowledged, so it stays.
     net.restart(recipient).await?;
-    let handle = net.handle(recipient).clone();
-    wait_until(Duration::from_secs(60), "the message drained", || {
-        let (handle, body) = (handle.clone(), body.clone());
-        async move { received(&handle, &body).await.is_ok_and(|n| n == 1) }
-    })
-    .await?;
+    wait_received(&net, recipient, &body).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(received(net.handle(recipient), &body).await? == 1);
     let refused: u64 = mailboxes
         .iter()
         .map(|i| net.handle(*i).stats().mailbox_refused)
