@@ -9,7 +9,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::events::{ListeningEvent, MessageReceivedEvent, MessageStateEvent, PeerEvent};
+use crate::events::{
+    GroupChangedEvent, GroupInvitedEvent, GroupMessageEvent, ListeningEvent, MessageReceivedEvent,
+    MessageStateEvent, PeerEvent,
+};
+use crate::groups::{
+    CreateGroupRequest, GroupChangeView, GroupHistory, GroupList, GroupMessageView,
+    GroupSendRequest, GroupStateView, GroupView, InviteRequest, MemberList, MemberView,
+    RenameGroupRequest,
+};
 use crate::messages::{
     Direction, IncomingState, IncomingView, MessageList, MessageView, OutgoingState, OutgoingView,
     PriorityClass, RoutePreference, SendRequest, SendResponse,
@@ -39,6 +47,19 @@ const BEARER: &str = "bearer";
         crate::messages::send,
         crate::messages::get,
         crate::messages::list,
+        crate::groups::list,
+        crate::groups::create,
+        crate::groups::get,
+        crate::groups::rename,
+        crate::groups::members,
+        crate::groups::invite,
+        crate::groups::remove,
+        crate::groups::promote,
+        crate::groups::revoke,
+        crate::groups::join,
+        crate::groups::leave,
+        crate::groups::send,
+        crate::groups::history,
         crate::events::stream,
         crate::metrics::metrics,
         crate::dht::find,
@@ -52,6 +73,9 @@ const BEARER: &str = "bearer";
         IncomingState,
         OutgoingView, IncomingView, MessageView, MessageList, MessageReceivedEvent,
         MessageStateEvent, PeerEvent, ListeningEvent,
+        GroupStateView, GroupView, GroupList, MemberView, MemberList, GroupChangeView,
+        GroupMessageView, GroupHistory, CreateGroupRequest, RenameGroupRequest, InviteRequest,
+        GroupSendRequest, GroupMessageEvent, GroupChangedEvent, GroupInvitedEvent,
         crate::dht::PeerRecordView, crate::dht::DhtStatsView, crate::dht::MailboxStatsView,
     )),
     modifiers(&BearerScheme),
@@ -60,6 +84,7 @@ const BEARER: &str = "bearer";
         (name = "node", description = "Health, status and metrics"),
         (name = "peers", description = "Connected peers and dialling"),
         (name = "messages", description = "Sending and reading messages"),
+        (name = "groups", description = "Group conversations: membership, admins, messages"),
         (name = "events", description = "Server-sent events"),
         (name = "dht", description = "Peer discovery through the DHT"),
         (name = "mailbox", description = "Messages held for peers that are offline"),

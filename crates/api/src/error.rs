@@ -20,10 +20,12 @@ pub(crate) struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorDetail {
     /// Stable machine-readable code: `invalid_json`, `invalid_field`,
-    /// `invalid_peer_id`, `invalid_route`, `invalid_id`, `invalid_query`, `unauthorized`,
-    /// `not_found`, `method_not_allowed`, `payload_too_large`,
-    /// `unsupported_media_type`, `unprocessable`, `internal`,
-    /// `node_unavailable`.
+    /// `invalid_peer_id`, `invalid_route`, `invalid_id`, `invalid_group_id`,
+    /// `invalid_query`, `unauthorized`, `not_found`, `method_not_allowed`,
+    /// `payload_too_large`, `unsupported_media_type`, `unprocessable`,
+    /// `internal`, `node_unavailable`; for groups also `group_not_found`,
+    /// `not_admin`, `not_owner`, `not_member`, `already_member`,
+    /// `no_such_member`, `no_key_package`, `owner_cannot_leave`, `group_full`.
     #[schema(example = "invalid_field")]
     pub(crate) code: String,
     /// What was wrong and how to fix it.
@@ -46,6 +48,18 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+
+    /// The HTTP status.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error code.
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
     }
 
     /// 400 with a code naming what kind of input was wrong.

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, watch};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::groups::GroupStateView;
 use crate::messages::OutgoingState;
 use crate::AppState;
 
@@ -78,6 +79,41 @@ pub(crate) struct ListeningEvent {
     pub(crate) address: String,
 }
 
+/// Data of `group_message`: a message from a member was decrypted and
+/// added to a group's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupMessageEvent {
+    /// The group id.
+    pub(crate) group: String,
+    /// The message's position in the group's history
+    /// (`GET /v1/groups/{group}/messages?after=<seq - 1>&limit=1` reads it).
+    pub(crate) seq: i64,
+    /// Its author's peer id.
+    pub(crate) from: String,
+}
+
+/// Data of `group_changed`: a group's epoch, members, name or admins, or
+/// this node's standing in it, changed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupChangedEvent {
+    /// The group id.
+    pub(crate) group: String,
+    /// The epoch this node is now in.
+    pub(crate) epoch: u64,
+    /// This node's standing.
+    pub(crate) state: GroupStateView,
+}
+
+/// Data of `group_invited`: this node was invited to a group
+/// (`POST /v1/groups/{group}/join` accepts).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupInvitedEvent {
+    /// The group id.
+    pub(crate) group: String,
+    /// Who invited (peer id).
+    pub(crate) from: String,
+}
+
 /// The SSE name and JSON data of a node event.
 fn describe(event: &NodeEvent) -> (&'static str, Result<String, serde_json::Error>) {
     let id = |id: &MessageId| id.to_string();
@@ -103,6 +139,33 @@ fn describe(event: &NodeEvent) -> (&'static str, Result<String, serde_json::Erro
             "listening",
             serde_json::to_string(&ListeningEvent {
                 address: address.to_string(),
+            }),
+        ),
+        NodeEvent::GroupMessage { group, seq, from } => (
+            "group_message",
+            serde_json::to_string(&GroupMessageEvent {
+                group: group.to_string(),
+                seq: *seq,
+                from: from.to_base58(),
+            }),
+        ),
+        NodeEvent::GroupChanged {
+            group,
+            epoch,
+            state,
+        } => (
+            "group_changed",
+            serde_json::to_string(&GroupChangedEvent {
+                group: group.to_string(),
+                epoch: *epoch,
+                state: (*state).into(),
+            }),
+        ),
+        NodeEvent::GroupInvited { group, from } => (
+            "group_invited",
+            serde_json::to_string(&GroupInvitedEvent {
+                group: group.to_string(),
+                from: from.to_base58(),
             }),
         ),
     }
@@ -296,7 +359,9 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 ///
 /// Event names and data: `message_received` (`{"id","from"}`),
 /// `message_state` (`{"id","state"}`), `peer_connected`, `peer_disconnected`
-/// and `peer_record` (`{"peer"}`), `listening` (`{"address"}`). Each event
+/// and `peer_record` (`{"peer"}`), `listening` (`{"address"}`),
+/// `group_message` (`{"group","seq","from"}`), `group_changed`
+/// (`{"group","epoch","state"}`) and `group_invited` (`{"group","from"}`). Each event
 /// carries a numeric `id:`; reconnect with `Last-Event-ID` to replay the
 /// buffered events after it (the last 4096 are kept). Keep-alive comments
 /// come every 15 s.
@@ -309,7 +374,8 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             description = "Replay buffered events with a larger id before the live ones")),
     responses(
         (status = 200, description = "An endless `text/event-stream`; event data is one of \
-            MessageReceivedEvent, MessageStateEvent, PeerEvent, ListeningEvent",
+            MessageReceivedEvent, MessageStateEvent, PeerEvent, ListeningEvent, \
+            GroupMessageEvent, GroupChangedEvent, GroupInvitedEvent",
          content_type = "text/event-stream", body = String),
         (status = 400, description = "`Last-Event-ID` is not a number (`invalid_field`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
@@ -349,6 +415,43 @@ mod tests {
     fn push_n(log: &EventLog, n: usize) {
         for i in 0..n {
             log.push("listening", format!("{{\"address\":\"{i}\"}}"));
+        }
+    }
+
+    #[test]
+    fn group_events_have_their_names_and_data() {
+        let group: peercomm_node::GroupId = "0f1e2d3c4b5a69788796a5b4c3d2e1f0".parse().unwrap();
+        let from = peercomm_node::PeerId::random();
+        let cases = [
+            (
+                NodeEvent::GroupMessage {
+                    group,
+                    seq: 9,
+                    from,
+                },
+                "group_message",
+                serde_json::json!({"group": group.to_string(), "seq": 9, "from": from.to_base58()}),
+            ),
+            (
+                NodeEvent::GroupChanged {
+                    group,
+                    epoch: 3,
+                    state: peercomm_node::GroupState::Removed,
+                },
+                "group_changed",
+                serde_json::json!({"group": group.to_string(), "epoch": 3, "state": "removed"}),
+            ),
+            (
+                NodeEvent::GroupInvited { group, from },
+                "group_invited",
+                serde_json::json!({"group": group.to_string(), "from": from.to_base58()}),
+            ),
+        ];
+        for (event, name, data) in cases {
+            let (got_name, got_data) = describe(&event);
+            assert_eq!(got_name, name);
+            let got: serde_json::Value = serde_json::from_str(&got_data.unwrap()).unwrap();
+            assert_eq!(got, data);
         }
     }
 

@@ -1,7 +1,8 @@
 //! peercomm-api: the node's local HTTP API.
 //!
 //! An [axum] router over a [`NodeHandle`]: JSON endpoints to send and read
-//! messages, list and dial peers and read the node's status, server-sent
+//! messages, list and dial peers, run groups (create, invite, join, send,
+//! history) and read the node's status, server-sent
 //! events for what happens in the node, Prometheus metrics, and the OpenAPI
 //! document describing all of it (`/v1/openapi.json`, also [`openapi`]).
 //!
@@ -22,6 +23,7 @@ mod doc;
 mod error;
 mod events;
 mod extract;
+mod groups;
 mod messages;
 mod metrics;
 mod peers;
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Extension, Router};
 use peercomm_node::NodeHandle;
 
@@ -107,6 +109,26 @@ pub fn router(node: NodeHandle, config: ApiConfig) -> Router {
         .route("/v1/peers", get(peers::list).post(peers::dial))
         .route("/v1/messages", get(messages::list).post(messages::send))
         .route("/v1/messages/{id}", get(messages::get))
+        .route("/v1/groups", get(groups::list).post(groups::create))
+        .route("/v1/groups/{id}", get(groups::get).patch(groups::rename))
+        .route(
+            "/v1/groups/{id}/members",
+            get(groups::members).post(groups::invite),
+        )
+        .route(
+            "/v1/groups/{id}/members/{peer}",
+            axum::routing::delete(groups::remove),
+        )
+        .route(
+            "/v1/groups/{id}/admins/{peer}",
+            put(groups::promote).delete(groups::revoke),
+        )
+        .route("/v1/groups/{id}/join", post(groups::join))
+        .route("/v1/groups/{id}/leave", post(groups::leave))
+        .route(
+            "/v1/groups/{id}/messages",
+            get(groups::history).post(groups::send),
+        )
         .route("/v1/events", get(events::stream))
         .route("/v1/dht/peers/{id}", get(dht::find))
         .route("/v1/dht/stats", get(dht::stats))

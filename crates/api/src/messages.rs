@@ -316,7 +316,8 @@ fn incoming_view(m: IncomingMessage) -> IncomingView {
     }
 }
 
-fn parse_peer(field: &str, value: &str) -> Result<PeerId, ApiError> {
+/// A peer id given in field `field`, or 400 `invalid_peer_id`.
+pub(crate) fn parse_peer(field: &str, value: &str) -> Result<PeerId, ApiError> {
     value
         .parse()
         .map_err(|e| ApiError::invalid_peer_id(field, value, e))

@@ -163,6 +163,14 @@ pub(crate) struct Stats {
     pub(crate) mailbox_replicated: u64,
     /// Held items dropped after R nearer mailboxes held them.
     pub(crate) mailbox_released: u64,
+    /// Group posts this node published on a group topic.
+    pub(crate) group_posts_published: u64,
+    /// Group posts received on a group topic (valid, for a group this node is in).
+    pub(crate) group_posts_received: u64,
+    /// Messages on group topics that are not group posts (dropped, the sender penalised).
+    pub(crate) group_posts_rejected: u64,
+    /// Pages of group posts fetched from group mailboxes (catch-up).
+    pub(crate) group_pages_fetched: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -234,6 +242,10 @@ impl From<StatsSnapshot> for Stats {
             mailbox_receipts,
             mailbox_replicated,
             mailbox_released,
+            group_posts_published,
+            group_posts_received,
+            group_posts_rejected,
+            group_pages_fetched,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -298,6 +310,10 @@ impl From<StatsSnapshot> for Stats {
             mailbox_receipts,
             mailbox_replicated,
             mailbox_released,
+            group_posts_published,
+            group_posts_received,
+            group_posts_rejected,
+            group_pages_fetched,
             wire_bytes_in,
             wire_bytes_out,
         }

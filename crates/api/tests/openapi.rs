@@ -31,6 +31,73 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
         "get",
         &["200", "400", "401", "404", "500", "503"],
     ),
+    ("/v1/groups", "get", &["200", "401", "500", "503"]),
+    (
+        "/v1/groups",
+        "post",
+        &["201", "400", "401", "413", "415", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}",
+        "get",
+        &["200", "400", "401", "404", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}",
+        "patch",
+        &[
+            "202", "400", "401", "403", "404", "409", "413", "415", "500", "503",
+        ],
+    ),
+    (
+        "/v1/groups/{id}/members",
+        "get",
+        &["200", "400", "401", "404", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}/members",
+        "post",
+        &[
+            "202", "400", "401", "403", "404", "409", "413", "415", "422", "500", "503",
+        ],
+    ),
+    (
+        "/v1/groups/{id}/members/{peer}",
+        "delete",
+        &["202", "400", "401", "403", "404", "409", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}/admins/{peer}",
+        "put",
+        &["202", "400", "401", "403", "404", "409", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}/admins/{peer}",
+        "delete",
+        &["202", "400", "401", "403", "404", "409", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}/join",
+        "post",
+        &["200", "400", "401", "404", "409", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}/leave",
+        "post",
+        &["202", "400", "401", "404", "409", "500", "503"],
+    ),
+    (
+        "/v1/groups/{id}/messages",
+        "post",
+        &[
+            "202", "400", "401", "404", "409", "413", "415", "500", "503",
+        ],
+    ),
+    (
+        "/v1/groups/{id}/messages",
+        "get",
+        &["200", "400", "401", "404", "500", "503"],
+    ),
     ("/v1/events", "get", &["200", "400", "401"]),
     ("/metrics", "get", &["200", "401"]),
     (
@@ -119,6 +186,39 @@ async fn document_is_complete_and_valid() -> Result<()> {
         schemas["RoutePreference"]
     );
     ensure!(served["paths"]["/v1/peers"]["post"]["requestBody"].is_object());
+    let history = served["paths"]["/v1/groups/{id}/messages"]["get"]["parameters"]
+        .as_array()
+        .context("no history parameters")?;
+    for name in ["id", "after", "limit"] {
+        ensure!(
+            history.iter().any(|p| p["name"] == name),
+            "history parameter {name} missing"
+        );
+    }
+    for (path, method) in [
+        ("/v1/groups", "post"),
+        ("/v1/groups/{id}", "patch"),
+        ("/v1/groups/{id}/members", "post"),
+        ("/v1/groups/{id}/messages", "post"),
+    ] {
+        ensure!(
+            served["paths"][path][method]["requestBody"].is_object(),
+            "{method} {path} has no request body"
+        );
+    }
+    ensure!(
+        schemas["GroupStateView"]["enum"]
+            == serde_json::json!(["invited", "active", "left", "removed"]),
+        "GroupStateView: {}",
+        schemas["GroupStateView"]
+    );
+    for event in [
+        "GroupMessageEvent",
+        "GroupChangedEvent",
+        "GroupInvitedEvent",
+    ] {
+        ensure!(schemas[event].is_object(), "{event} is not documented");
+    }
 
     // Validate with openapi-spec-validator.
     let dir = std::env::temp_dir().join(format!("peercomm-api-openapi-{}", std::process::id()));

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+use peercomm_sim::mls_cost::{mls_costs, MlsCost, MlsCostOptions, MlsCostReport, MIN_MEMBERS};
 use peercomm_sim::offline::{offline_churn, OfflineOptions, OfflineReport};
 use peercomm_sim::scale::{dht_scale, DhtScaleOptions, DhtScaleReport, LookupRound, Spread};
 
@@ -216,4 +217,148 @@ fn print_offline(r: &OfflineReport) {
         spread_ms(&r.after_return_from_mailboxes_ms)
     );
     println!("  elapsed       {:.1} s", r.elapsed_s);
+}
+
+/// `peercomm bench mls`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MlsBenchArgs {
+    /// Group sizes (members, owner included), comma-separated; each is
+    /// measured on its own group.
+    #[arg(long, value_delimiter = ',', default_value = "50,200,1000")]
+    sizes: Vec<usize>,
+    /// Samples of each operation; every figure is their median.
+    #[arg(long, default_value_t = 5)]
+    samples: usize,
+    /// Seed for the members' identities and the message payloads (random if
+    /// not given; OpenMLS's own key generation is never seeded).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Measures MLS (RFC 9420) operations at each group size and prints the
+/// figures.
+pub(crate) async fn mls(args: MlsBenchArgs, json: bool) -> anyhow::Result<()> {
+    if args.sizes.is_empty() {
+        bail!("--sizes needs at least one group size, e.g. 50,200,1000");
+    }
+    if let Some(n) = args.sizes.iter().find(|n| **n < MIN_MEMBERS) {
+        bail!("each group size must be at least {MIN_MEMBERS} (got {n})");
+    }
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    if !json {
+        println!(
+            "peercomm bench mls: OpenMLS, MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519, \
+             in-memory storage, one thread; medians of {} samples (seed {seed})",
+            args.samples
+        );
+    }
+    let mut sizes = Vec::with_capacity(args.sizes.len());
+    for &members in &args.sizes {
+        let options = MlsCostOptions {
+            sizes: vec![members],
+            samples: args.samples,
+            seed,
+        };
+        let started = std::time::Instant::now();
+        let report = tokio::task::spawn_blocking(move || mls_costs(&options))
+            .await
+            .context("the measuring thread failed")??;
+        if !json {
+            println!(
+                "  {members} members measured in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        sizes.extend(report.sizes);
+    }
+    let report = MlsCostReport { sizes };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_mls(&report);
+    }
+    Ok(())
+}
+
+fn mls_row(c: &MlsCost) -> [String; 11] {
+    [
+        c.members.to_string(),
+        format!("{:.1}", c.build_ms),
+        format!("{:.2}", c.add_member_ms),
+        format!("{:.2}", c.commit_ms),
+        format!("{:.2}", c.process_commit_ms),
+        format!("{:.2}", c.join_ms),
+        format!("{:.0}", c.encrypt_us),
+        format!("{:.0}", c.decrypt_us),
+        c.commit_bytes.to_string(),
+        c.welcome_bytes.to_string(),
+        c.ratchet_tree_bytes.to_string(),
+    ]
+}
+
+fn print_mls(r: &MlsCostReport) {
+    let header = [
+        "members",
+        "build ms",
+        "add member ms",
+        "commit ms",
+        "process commit ms",
+        "join ms",
+        "encrypt µs",
+        "decrypt µs",
+        "commit bytes",
+        "welcome bytes",
+        "tree bytes",
+    ];
+    let rows: Vec<[String; 11]> = r.sizes.iter().map(mls_row).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|row| row[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| format!("| {} |", cells.join(" | "));
+    println!(
+        "{}",
+        line(
+            header
+                .iter()
+                .zip(&widths)
+                .map(|(h, &w)| format!("{h:>w$}"))
+                .collect()
+        )
+    );
+    println!(
+        "{}",
+        line(
+            widths
+                .iter()
+                .map(|w| format!("{}:", "-".repeat(w - 1)))
+                .collect()
+        )
+    );
+    for row in &rows {
+        println!(
+            "{}",
+            line(
+                row.iter()
+                    .zip(&widths)
+                    .map(|(c, &w)| format!("{c:>w$}"))
+                    .collect()
+            )
+        );
+    }
+    println!(
+        "  build: the owner creates the group and adds everyone else in one commit (one run). \
+         add member / commit: the owner creates, serializes and merges (commit = a rekey with \
+         a path); process commit / join / decrypt: another member deserializes and applies. \
+         As in the node, the ratchet tree travels beside the Welcome: a joiner receives \
+         welcome bytes + tree bytes."
+    );
 }

@@ -75,7 +75,7 @@ pub(crate) struct InboxArgs {
 }
 
 /// A located API: base URL and token.
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: String,
     data_dir: PathBuf,
@@ -83,7 +83,7 @@ struct Api {
 }
 
 /// Why a request failed.
-enum Failure {
+pub(crate) enum Failure {
     /// No daemon answers.
     Down(String),
     /// The API answered with an error.
@@ -97,7 +97,8 @@ enum Failure {
 }
 
 impl Api {
-    fn locate(data_dir: &Path) -> Result<Self, Failure> {
+    /// The API of the daemon for `data_dir`, from its address and token files.
+    pub(crate) fn locate(data_dir: &Path) -> Result<Self, Failure> {
         let addr_path = data_dir.join(API_ADDR_FILE);
         let addr = std::fs::read_to_string(&addr_path)
             .map_err(|_| Failure::Down(format!("no API address in {}", addr_path.display())))?;
@@ -151,19 +152,39 @@ impl Api {
         })
     }
 
-    async fn get(&self, path: &str) -> Result<Value, Failure> {
+    /// GET `path`; the JSON answer.
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.call(self.http.get(format!("{}{path}", self.base)))
             .await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
+    /// POST `body` as JSON to `path`; the JSON answer.
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
         self.call(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    /// PATCH `body` as JSON to `path`; the JSON answer.
+    pub(crate) async fn patch(&self, path: &str, body: Value) -> Result<Value, Failure> {
+        self.call(self.http.patch(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    /// PUT `path` without a body; the JSON answer.
+    pub(crate) async fn put(&self, path: &str) -> Result<Value, Failure> {
+        self.call(self.http.put(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// DELETE `path`; the JSON answer.
+    pub(crate) async fn delete(&self, path: &str) -> Result<Value, Failure> {
+        self.call(self.http.delete(format!("{}{path}", self.base)))
             .await
     }
 }
 
 /// Turns a failure into the message and exit code a user sees.
-fn report(data_dir: &Path, failure: Failure) -> anyhow::Result<ExitCode> {
+pub(crate) fn report(data_dir: &Path, failure: Failure) -> anyhow::Result<ExitCode> {
     match failure {
         Failure::Down(why) => {
             eprintln!(
@@ -190,12 +211,14 @@ macro_rules! api_try {
     ($data_dir:expr, $e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(f) => return report($data_dir, f),
+            Err(f) => return $crate::client::report($data_dir, f),
         }
     };
 }
+pub(crate) use api_try;
 
-fn print_json(value: &Value) {
+/// Prints one JSON value on a line.
+pub(crate) fn print_json(value: &Value) {
     println!("{value}");
 }
 
@@ -541,7 +564,8 @@ pub(crate) async fn inbox(
     Ok(ExitCode::FAILURE)
 }
 
-async fn open_events(api: &Api) -> Result<reqwest::Response, Failure> {
+/// Opens the daemon's event stream (`GET /v1/events`).
+pub(crate) async fn open_events(api: &Api) -> Result<reqwest::Response, Failure> {
     let response = api
         .http
         .get(format!("{}/v1/events", api.base))
@@ -566,7 +590,7 @@ async fn open_events(api: &Api) -> Result<reqwest::Response, Failure> {
 }
 
 /// The `event:` name and joined `data:` lines of one server-sent event.
-fn parse_sse(block: &str) -> (String, String) {
+pub(crate) fn parse_sse(block: &str) -> (String, String) {
     let mut event = String::from("message");
     let mut data = Vec::new();
     for line in block.lines() {

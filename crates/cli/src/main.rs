@@ -1,13 +1,14 @@
 //! `peercomm`: the peer-to-peer messaging node's command-line interface.
 //!
 //! `init` and `run` manage the daemon; `id`, `status`, `peers`, `send`,
-//! `inbox` and `message` are clients of the daemon's local HTTP API (they
+//! `inbox`, `message` and `group` are clients of the daemon's local HTTP API (they
 //! find its address and token in the data dir); `demo` runs a local network.
 
 mod bench;
 mod client;
 mod daemon;
 mod demo;
+mod group;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ enum BenchKind {
     /// Offline delivery under churn: recipients leave and return at random
     /// while messages flow; delivery rate, duplicates, time after return.
     Offline(bench::OfflineBenchArgs),
+    /// MLS group cost: build, add a member, commit, process, join, encrypt
+    /// and decrypt at each group size (OpenMLS, no network).
+    Mls(bench::MlsBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +87,12 @@ enum Command {
     Send(client::SendArgs),
     /// Print received messages, oldest first; `--follow` keeps printing new ones.
     Inbox(client::InboxArgs),
+    /// Group conversations: create a group, invite peers, send to every
+    /// member and read the history.
+    Group {
+        #[command(subcommand)]
+        action: group::GroupAction,
+    },
     /// Show one message (sent or received) with its delivery state.
     Message {
         /// The message id (32 hex characters), as printed by `send`.
@@ -225,6 +235,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => bench::offline(args.clone(), json)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            kind: BenchKind::Mls(args),
+        } => bench::mls(args.clone(), json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Init => daemon::init(&data_dir(&cli)?, json),
         Command::Run(args) => daemon::run(&data_dir(&cli)?, args.clone()).await,
         Command::Id => daemon::id(&data_dir(&cli)?, json),
@@ -242,6 +257,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             DhtAction::Stats => client::dht_stats(&data_dir(&cli)?, json).await,
         },
         Command::Message { id } => client::message(&data_dir(&cli)?, id, json).await,
+        Command::Group { action } => group::run(&data_dir(&cli)?, action, json).await,
         Command::Mailbox { action } => match action {
             MailboxAction::Stats => client::mailbox_stats(&data_dir(&cli)?, json).await,
         },

@@ -49,6 +49,64 @@ pub struct Config {
     /// Mailboxes for offline peers (what this node keeps for others, and
     /// how it uses others' mailboxes).
     pub mailbox: MailboxConfig,
+    /// MLS groups: multicast mesh, catch-up, key packages.
+    pub groups: GroupsConfig,
+}
+
+/// Groups (MLS over gossipsub, with catch-up from group mailboxes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Join a group at once when a Welcome arrives (otherwise it waits as
+    /// an invitation for `group join`).
+    pub auto_join: bool,
+    /// Gossipsub mesh degree D: peers each member forwards a post to.
+    pub mesh_n: usize,
+    /// Below this many mesh peers, gossipsub grafts more (D_low).
+    pub mesh_n_low: usize,
+    /// Above this many, it prunes (D_high).
+    pub mesh_n_high: usize,
+    /// Peers told about recent posts by gossip (IHAVE) each heartbeat (D_lazy).
+    pub gossip_lazy: usize,
+    /// Gossipsub heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Members of each group this node keeps a connection to, so that it
+    /// is in the group's mesh (at least `mesh_n`).
+    pub connect_members: usize,
+    /// Fetch missed posts from each group's mailboxes this often (and at
+    /// start, on joining, and when a post shows a gap).
+    #[serde(with = "humantime_serde")]
+    pub catch_up_interval: Duration,
+    /// Posts per catch-up page.
+    pub catch_up_page: u32,
+    /// How long a group mailbox keeps a post (members offline longer
+    /// miss what is older).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Posts a group mailbox holds for one group, at most.
+    pub max_posts_per_group: u64,
+    /// Single-use key packages published in the DHT (plus a last-resort one).
+    pub key_packages: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            auto_join: false,
+            mesh_n: 6,
+            mesh_n_low: 4,
+            mesh_n_high: 12,
+            gossip_lazy: 6,
+            heartbeat: Duration::from_secs(1),
+            connect_members: 6,
+            catch_up_interval: Duration::from_secs(60),
+            catch_up_page: 64,
+            retention: Duration::from_secs(14 * 24 * 3600),
+            max_posts_per_group: 20_000,
+            key_packages: 8,
+        }
+    }
 }
 
 /// A service a node offers others.
@@ -428,6 +486,7 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             onion: OnionConfig::default(),
             mailbox: MailboxConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -695,6 +754,48 @@ impl Config {
                 });
             }
         }
+        let g = &self.groups;
+        if !(g.mesh_n_low <= g.mesh_n && g.mesh_n <= g.mesh_n_high && g.mesh_n_low >= 1) {
+            return Err(ConfigError::Value {
+                key: "groups.mesh_n",
+                problem: format!(
+                    "expected 1 <= mesh_n_low ({}) <= mesh_n ({}) <= mesh_n_high ({})",
+                    g.mesh_n_low, g.mesh_n, g.mesh_n_high
+                ),
+            });
+        }
+        if !(1..=peercomm_wire::group::MAX_GROUP_PAGE_POSTS as u32).contains(&g.catch_up_page) {
+            return Err(ConfigError::Value {
+                key: "groups.catch_up_page",
+                problem: format!(
+                    "{} is out of range; expected 1 to {}",
+                    g.catch_up_page,
+                    peercomm_wire::group::MAX_GROUP_PAGE_POSTS
+                ),
+            });
+        }
+        if !(1..=peercomm_wire::group::MAX_KEY_PACKAGES).contains(&g.key_packages) {
+            return Err(ConfigError::Value {
+                key: "groups.key_packages",
+                problem: format!(
+                    "{} is out of range; expected 1 to {}",
+                    g.key_packages,
+                    peercomm_wire::group::MAX_KEY_PACKAGES
+                ),
+            });
+        }
+        for (key, d) in [
+            ("groups.heartbeat", g.heartbeat),
+            ("groups.catch_up_interval", g.catch_up_interval),
+            ("groups.retention", g.retention),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: "expected a duration above zero".into(),
+                });
+            }
+        }
         let n = &self.network;
         if n.ping_interval < Duration::from_secs(1) {
             return Err(ConfigError::Value {
@@ -808,6 +909,20 @@ requests_per_peer_per_minute = {mrpm}
 drain_interval = "{mdi}"            # fetch from our own mailboxes this often
 deposit_after = "{mda}"              # deposit a message still relayed after this long
 replicate_interval = "{mri}"       # offer what this mailbox holds to the current set
+
+[groups]
+auto_join = {gaj}                  # join at once on a Welcome (else `peercomm group join`)
+mesh_n = {gmn}                          # gossipsub mesh degree (D); mesh_n_low/mesh_n_high bound it
+mesh_n_low = {gml}
+mesh_n_high = {gmh}
+gossip_lazy = {ggl}
+heartbeat = "{ghb}"
+connect_members = {gcm}                 # members of each group kept connected
+catch_up_interval = "{gci}"           # fetch missed posts from group mailboxes this often
+catch_up_page = {gcp}
+retention = "{grt}"                  # how long group mailboxes keep posts
+max_posts_per_group = {gmp}
+key_packages = {gkp}                    # single-use MLS key packages published in the DHT
 "#,
         listen = d
             .listen
@@ -857,6 +972,18 @@ replicate_interval = "{mri}"       # offer what this mailbox holds to the curren
         mdi = humantime::format_duration(d.mailbox.drain_interval),
         mda = humantime::format_duration(d.mailbox.deposit_after),
         mri = humantime::format_duration(d.mailbox.replicate_interval),
+        gaj = d.groups.auto_join,
+        gmn = d.groups.mesh_n,
+        gml = d.groups.mesh_n_low,
+        gmh = d.groups.mesh_n_high,
+        ggl = d.groups.gossip_lazy,
+        ghb = humantime::format_duration(d.groups.heartbeat),
+        gcm = d.groups.connect_members,
+        gci = humantime::format_duration(d.groups.catch_up_interval),
+        gcp = d.groups.catch_up_page,
+        grt = humantime::format_duration(d.groups.retention),
+        gmp = d.groups.max_posts_per_group,
+        gkp = d.groups.key_packages,
     )
 }
 

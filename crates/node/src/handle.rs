@@ -48,6 +48,8 @@ pub(crate) enum Command {
     Block(PeerId, bool),
     /// Onion state: paths held, and what this node saw of packets.
     Onion(oneshot::Sender<OnionStatus>),
+    /// A group operation.
+    Group(crate::groups::GroupCommand),
 }
 
 /// What a node's onion routing looks like now.

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod dht;
+pub mod groups;
 mod handle;
 pub mod identity;
 pub mod mailbox;
@@ -35,8 +36,11 @@ mod transport;
 
 pub use clock::{Clock, SystemClock, TestClock};
 pub use config::{
-    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, MailboxConfig,
-    OnionConfig, Role, RoutingConfig,
+    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, GroupsConfig,
+    MailboxConfig, OnionConfig, Role, RoutingConfig,
+};
+pub use groups::{
+    GroupChange, GroupError, GroupId, GroupInfo, GroupMember, GroupMessage, GroupState,
 };
 pub use handle::{
     ConnectedPeer, DialError, FindError, InboxQuery, NodeHandle, OnionStatus, QueryError,
@@ -88,5 +92,31 @@ pub enum NodeEvent {
     Listening {
         /// The address.
         address: Multiaddr,
+    },
+    /// A group message was decrypted and added to the group's history.
+    GroupMessage {
+        /// The group.
+        group: GroupId,
+        /// Its local position in the history ([`NodeHandle::group_history`]).
+        seq: i64,
+        /// Its author.
+        from: PeerId,
+    },
+    /// A group changed: new epoch, members, name or admins, or this node's standing.
+    GroupChanged {
+        /// The group.
+        group: GroupId,
+        /// The epoch this node is now in.
+        epoch: u64,
+        /// This node's standing.
+        state: GroupState,
+    },
+    /// This node was invited to a group (a Welcome is held, see
+    /// [`NodeHandle::group_join`]).
+    GroupInvited {
+        /// The group.
+        group: GroupId,
+        /// Who invited.
+        from: PeerId,
     },
 }

@@ -48,6 +48,7 @@ use crate::onion::ONION_PROTOCOL;
 use crate::routing::{Router, ROUTE_PROTOCOL};
 use crate::stats::{bump, Stats};
 
+mod groups;
 mod mailbox;
 mod onion;
 mod route;
@@ -150,6 +151,7 @@ struct Behaviour {
     onion: request_response::Behaviour<FrameCodec>,
     mailbox: request_response::Behaviour<FrameCodec>,
     kad: RateLimitedKad,
+    gossipsub: libp2p::gossipsub::Behaviour,
 }
 
 /// A direct attempt awaiting its answer: enough to send it along a route
@@ -240,6 +242,14 @@ enum Internal {
     MailboxHolds(PeerId),
     /// A page of a re-replication pass was read.
     MailboxHandoffPage(mailbox::HandoffPage),
+    /// Group work done.
+    Group(groups::GroupDone),
+    /// An invite checked: this node owns the group, fetch the key package.
+    GroupInvite {
+        group: crate::groups::GroupId,
+        peer: PeerId,
+        reply: oneshot::Sender<Result<crate::groups::GroupChange, crate::groups::GroupError>>,
+    },
     /// The held items a peer lacked, read for copying.
     MailboxHandoffItems {
         job: u64,
@@ -272,6 +282,17 @@ impl Node {
         let wire = Arc::new(WireCounters::default());
         let stats = Arc::new(Stats::default());
         let mut registry = Registry::default();
+        let mut store = store;
+        crate::groups::mls::Mls::migrate(store.connection_mut()).map_err(|e| {
+            StartError::Store {
+                path: db_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let mls = Arc::new(
+            crate::groups::mls::Mls::new(identity.keypair())
+                .map_err(|e| StartError::Transport(e.to_string()))?,
+        );
         let store = Arc::new(Mutex::new(store));
         let kad_store =
             PersistentStore::open(identity.peer_id(), store.clone(), options.clock.clone());
@@ -383,6 +404,7 @@ impl Node {
             dht: DhtState::default(),
             onion,
             mailbox: mailbox::MailboxState::new(&options.config.mailbox),
+            groups: groups::GroupsState::new(mls),
             route: route::RouteState::new(Router::new(
                 shared.peer_id,
                 options.config.routing.clone(),
@@ -452,6 +474,7 @@ fn build_swarm(
     let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
     let net = config.network.clone();
     let routing = config.routing.clone();
+    let groups = config.groups.clone();
     // A node answers a packet once every later hop has: its wait covers them.
     let onion_timeout = config.onion.hop_timeout.saturating_mul(6);
     let codec = FrameCodec::counting(stats.clone());
@@ -493,7 +516,7 @@ fn build_swarm(
             let route_config = request_response::Config::default()
                 .with_request_timeout(routing.hop_timeout)
                 .with_max_concurrent_streams(net.max_concurrent_streams);
-            Behaviour {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
                 blocked: allow_block_list::Behaviour::default(),
                 identify: identify::Behaviour::new(identify::Config::new(
                     AGENT_PROTOCOL.to_string(),
@@ -527,6 +550,33 @@ fn build_swarm(
                         .with_request_timeout(onion_timeout)
                         .with_max_concurrent_streams(net.max_concurrent_streams),
                 ),
+                gossipsub: {
+                    let g = &groups;
+                    let config = libp2p::gossipsub::ConfigBuilder::default()
+                        .mesh_n(g.mesh_n)
+                        .mesh_n_low(g.mesh_n_low)
+                        .mesh_n_high(g.mesh_n_high)
+                        .mesh_outbound_min(
+                            (g.mesh_n / 2).min(g.mesh_n_low.saturating_sub(1)).min(2),
+                        )
+                        .gossip_lazy(g.gossip_lazy)
+                        .heartbeat_interval(g.heartbeat)
+                        .max_transmit_size(peercomm_wire::group::MAX_GROUP_POST_BYTES + 4096)
+                        .validation_mode(libp2p::gossipsub::ValidationMode::Strict)
+                        .validate_messages()
+                        .message_id_fn(|m: &libp2p::gossipsub::Message| {
+                            libp2p::gossipsub::MessageId::from(
+                                peercomm_wire::group::post_id(&m.data).to_vec(),
+                            )
+                        })
+                        .build()
+                        .map_err(|e| format!("groups: gossipsub settings: {e}"))?;
+                    libp2p::gossipsub::Behaviour::new(
+                        libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        config,
+                    )
+                    .map_err(|e| format!("groups: gossipsub: {e}"))?
+                },
                 kad: {
                     let mut kad = kad::Behaviour::with_config(
                         key.public().to_peer_id(),
@@ -539,7 +589,7 @@ fn build_swarm(
                     }));
                     RateLimitedKad::new(kad, dht.max_requests_per_peer_per_minute, stats)
                 },
-            }
+            })
         })
         .map_err(|e| transport_err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(net.idle_connection_timeout))
@@ -592,6 +642,7 @@ struct EventLoop {
     route: route::RouteState,
     onion: onion::OnionState,
     mailbox: mailbox::MailboxState,
+    groups: groups::GroupsState,
 }
 
 /// The event loop's view of the DHT.
@@ -919,6 +970,7 @@ impl EventLoop {
         self.dht_tick();
         self.onion_tick();
         self.mailbox_tick();
+        self.groups_tick();
         let ttl_ms =
             u64::try_from(self.shared.config.network.record_ttl.as_millis()).unwrap_or(u64::MAX);
         if self.now_ms().saturating_sub(self.record_signed_ms) > ttl_ms / 2 {
@@ -1302,6 +1354,10 @@ impl EventLoop {
             Internal::MailboxHandoffItems { job, peer, items } => {
                 self.on_handoff_items(job, peer, items)
             }
+            Internal::Group(done) => self.on_group_done(done),
+            Internal::GroupInvite { group, peer, reply } => {
+                self.group_fetch_key_package(group, peer, Some(reply))
+            }
         }
     }
 
@@ -1342,6 +1398,7 @@ impl EventLoop {
             Command::Onion(reply) => {
                 let _ = reply.send(self.onion.status());
             }
+            Command::Group(command) => self.on_group_command(command),
             Command::Block(peer, true) => {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
             }
@@ -1616,6 +1673,9 @@ impl EventLoop {
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => self.dht_add(peer, address),
             kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } if self.groups.owns_query(&id) => self.on_group_query(id, result, step.last),
+            kad::Event::OutboundQueryProgressed {
                 id,
                 result,
                 stats,
@@ -1684,6 +1744,14 @@ impl EventLoop {
         entry.1 += 1;
         if entry.1 > self.shared.config.dht.max_puts_per_peer_per_minute {
             bump(&self.shared.stats.dht_rate_limited);
+            return;
+        }
+        if record
+            .key
+            .as_ref()
+            .starts_with(peercomm_wire::group::KEY_PACKAGES_PREFIX.as_bytes())
+        {
+            self.on_inbound_key_packages(source, record);
             return;
         }
         let held = self.held_seq(&record.key);
@@ -1932,6 +2000,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Route(event)) => self.on_route_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Onion(event)) => self.on_onion_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => self.on_mailbox_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
+                self.on_gossipsub_event(event)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

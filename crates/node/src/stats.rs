@@ -130,6 +130,14 @@ pub(crate) struct Stats {
     pub(crate) mailbox_replicated: AtomicU64,
     /// Held items this node's mailbox dropped after R nearer mailboxes held them.
     pub(crate) mailbox_released: AtomicU64,
+    /// Group posts this node published on a group topic.
+    pub(crate) group_posts_published: AtomicU64,
+    /// Group posts received on a group topic (valid, for a group we are in).
+    pub(crate) group_posts_received: AtomicU64,
+    /// Messages on group topics that are not group posts (dropped, the sender penalised).
+    pub(crate) group_posts_rejected: AtomicU64,
+    /// Pages of group posts fetched from group mailboxes (catch-up).
+    pub(crate) group_pages_fetched: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -196,6 +204,10 @@ pub struct StatsSnapshot {
     pub mailbox_receipts: u64,
     pub mailbox_replicated: u64,
     pub mailbox_released: u64,
+    pub group_posts_published: u64,
+    pub group_posts_received: u64,
+    pub group_posts_rejected: u64,
+    pub group_pages_fetched: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -473,6 +485,26 @@ impl StatsSnapshot {
                 self.mailbox_released,
             ),
             (
+                "peercomm_group_posts_published",
+                "Group posts this node published on a group topic.",
+                self.group_posts_published,
+            ),
+            (
+                "peercomm_group_posts_received",
+                "Group posts received on a group topic (valid, for a group we are in).",
+                self.group_posts_received,
+            ),
+            (
+                "peercomm_group_posts_rejected",
+                "Messages on group topics that are not group posts (dropped, the sender penalised).",
+                self.group_posts_rejected,
+            ),
+            (
+                "peercomm_group_pages_fetched",
+                "Pages of group posts fetched from group mailboxes (catch-up).",
+                self.group_pages_fetched,
+            ),
+            (
                 "peercomm_wire_bytes_in",
                 "Bytes read from TCP sockets.",
                 self.wire_bytes_in,
@@ -576,6 +608,10 @@ impl Stats {
             mailbox_receipts: g(&self.mailbox_receipts),
             mailbox_replicated: g(&self.mailbox_replicated),
             mailbox_released: g(&self.mailbox_released),
+            group_posts_published: g(&self.group_posts_published),
+            group_posts_received: g(&self.group_posts_received),
+            group_posts_rejected: g(&self.group_posts_rejected),
+            group_pages_fetched: g(&self.group_pages_fetched),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

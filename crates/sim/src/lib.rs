@@ -7,6 +7,7 @@
 //! the same data dir and port, and waits for conditions with a deadline.
 //! Every node shares one [`TestClock`], so a test can move time.
 
+pub mod mls_cost;
 pub mod offline;
 pub mod scale;
 
@@ -112,6 +113,9 @@ pub fn test_config() -> Config {
     config.network.request_timeout = Duration::from_secs(10);
     config.dht.query_timeout = Duration::from_secs(20);
     config.dht.refresh_interval = Duration::from_secs(30);
+    config.groups.auto_join = true;
+    config.groups.heartbeat = Duration::from_millis(300);
+    config.groups.catch_up_interval = Duration::from_secs(5);
     config
 }
 

@@ -114,7 +114,8 @@ impl Store {
             .map_err(sql("purge_inbox_expired"))
     }
 
-    /// Incoming messages, optionally only from `peer`, with `seq > after_seq`, ascending by
+    /// Incoming messages (group control messages, kind 2, are the group
+    /// engine's and not listed), optionally only from `peer`, with `seq > after_seq`, ascending by
     /// `seq`; at most `min(limit, MAX_PAGE)` rows.
     pub fn inbox(
         &self,
@@ -127,7 +128,8 @@ impl Store {
             .conn
             .prepare_cached(concat!(
                 select_incoming!(),
-                "WHERE (?1 IS NULL OR sender = ?1) AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+                "WHERE (?1 IS NULL OR sender = ?1) AND seq > ?2 AND kind != 2 \
+                 ORDER BY seq ASC LIMIT ?3"
             ))
             .map_err(sql(OP))?;
         let rows = stmt
@@ -170,7 +172,7 @@ mod tests {
             sender: sender.to_owned(),
             body: vec![n],
             priority: 3,
-            kind: 2,
+            kind: 1,
             created_ms: 10,
             expires_ms: 20,
             received_ms: 15,
@@ -201,7 +203,7 @@ mod tests {
                 got.expires_ms,
                 got.received_ms
             ),
-            (3, 2, 10, 20, 15)
+            (3, 1, 10, 20, 15)
         );
         assert_eq!(store.get_incoming(&[2; 16]).unwrap(), None);
     }
@@ -225,6 +227,15 @@ mod tests {
         for (n, from) in [(1, "alice"), (2, "bob"), (3, "alice"), (4, "alice")] {
             store.insert_incoming(&incoming(n, from)).unwrap();
         }
+        // Group control messages (kind 2) are the group engine's: not listed.
+        let mut control = incoming(9, "alice");
+        control.kind = 2;
+        store.insert_incoming(&control).unwrap();
+        assert!(store
+            .inbox(None, None, 100)
+            .unwrap()
+            .iter()
+            .all(|m| m.id[0] != 9));
         let alice = store.inbox(Some("alice"), None, 2).unwrap();
         assert_eq!(
             alice.iter().map(|m| m.id[0]).collect::<Vec<_>>(),

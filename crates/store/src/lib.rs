@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Transaction, TransactionBehavior};
 
 pub use dht::DhtRecordRow;
 pub use error::{OpenError, StoreError};
@@ -39,6 +39,9 @@ pub use receipts::ReceiptRow;
 pub use route::{ParseRouteError, Route};
 
 use error::sql;
+
+pub use rusqlite;
+pub use rusqlite::Connection;
 
 /// The most rows any paged read returns, whatever limit the caller asks for.
 pub const MAX_PAGE: u32 = 500;
@@ -109,6 +112,17 @@ impl Store {
             conn,
             schema_version,
         })
+    }
+
+    /// The database connection, for subsystems that keep their own tables
+    /// (groups: MLS state through `openmls_sqlite_storage`).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The database connection, mutable (for a transaction).
+    pub fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// The schema version the database is at (after migrations, [`LATEST_VERSION`]).

@@ -185,10 +185,90 @@ CREATE TABLE own_mailboxes (
 ) WITHOUT ROWID;
 ",
     },
+    Migration {
+        version: 9,
+        name: "20261126150000_groups",
+        sql: "
+CREATE TABLE groups (
+    group_id    BLOB    PRIMARY KEY CHECK (length(group_id) = 16),
+    name        TEXT    NOT NULL,
+    description TEXT    NOT NULL,
+    owner       TEXT    NOT NULL,
+    admins      TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    epoch       INTEGER NOT NULL,
+    members     INTEGER NOT NULL,
+    invited_by  TEXT,
+    joined_ms   INTEGER NOT NULL,
+    welcome     BLOB
+) WITHOUT ROWID;
+CREATE TABLE group_members (
+    group_id BLOB NOT NULL,
+    peer_id  TEXT NOT NULL,
+    PRIMARY KEY (group_id, peer_id)
+) WITHOUT ROWID;
+CREATE TABLE group_posts (
+    post_id     BLOB    PRIMARY KEY CHECK (length(post_id) = 16),
+    group_id    BLOB    NOT NULL,
+    epoch       INTEGER NOT NULL,
+    is_commit   INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    post        BLOB    NOT NULL,
+    state       TEXT    NOT NULL,
+    received_ms INTEGER NOT NULL,
+    deposited   INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX group_posts_order ON group_posts (group_id, state, epoch, is_commit, created_ms, post_id);
+CREATE TABLE group_messages (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id    BLOB    NOT NULL,
+    msg_id      BLOB    NOT NULL UNIQUE,
+    sender      TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    epoch       INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE INDEX group_messages_group ON group_messages (group_id, seq);
+CREATE TABLE group_welcome_parts (
+    welcome_id  BLOB    NOT NULL,
+    part        INTEGER NOT NULL,
+    parts       INTEGER NOT NULL,
+    sender      TEXT    NOT NULL,
+    bytes       BLOB    NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (welcome_id, part)
+) WITHOUT ROWID;
+CREATE TABLE group_key_packages (
+    hash_ref    BLOB    PRIMARY KEY,
+    key_package BLOB    NOT NULL,
+    last_resort INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE group_mailbox (
+    group_id   BLOB    NOT NULL,
+    epoch      INTEGER NOT NULL,
+    is_commit  INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    post_id    BLOB    NOT NULL,
+    post       BLOB    NOT NULL,
+    depositor  TEXT    NOT NULL,
+    stored_ms  INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, epoch, is_commit, created_ms, post_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX group_mailbox_id ON group_mailbox (group_id, post_id);
+CREATE INDEX inbox_kind ON inbox (kind, seq);
+CREATE TABLE group_control_done (
+    id BLOB PRIMARY KEY
+) WITHOUT ROWID;
+CREATE INDEX group_mailbox_expiry ON group_mailbox (expires_ms);
+",
+    },
 ];
 
 /// The highest schema version this build knows.
-pub const LATEST_VERSION: u32 = 8;
+pub const LATEST_VERSION: u32 = 9;
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,

@@ -11,15 +11,15 @@ use crate::pb;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
     /// Receipts, DHT and other protocol control traffic.
-    Control,
+    Control = 1,
     /// One-to-one conversation.
-    Interactive,
+    Interactive = 2,
     /// Group conversation.
-    Group,
+    Group = 3,
     /// Mailbox sync, catch-up and other bulk transfers.
-    Bulk,
+    Bulk = 4,
     /// Typing, presence: dropped first.
-    Ephemeral,
+    Ephemeral = 5,
 }
 
 impl Priority {
@@ -101,20 +101,26 @@ impl FromStr for Priority {
 }
 
 /// What the decrypted body of a message contains.
+///
+/// The discriminant (`Kind::Chat as u8`) is the protobuf value, as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// A chat message: UTF-8 text.
-    Chat,
+    Chat = 1,
+    /// Group control: an encoded `GroupControl` (a Welcome part, or a
+    /// request to a group's owner).
+    Group = 2,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 1] = [Kind::Chat];
+    pub const ALL: [Kind; 2] = [Kind::Chat, Kind::Group];
 
     /// Lowercase name, as used in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Chat => "chat",
+            Self::Group => "group",
         }
     }
 }
@@ -123,6 +129,7 @@ impl From<Kind> for pb::Kind {
     fn from(k: Kind) -> Self {
         match k {
             Kind::Chat => pb::Kind::Chat,
+            Kind::Group => pb::Kind::Group,
         }
     }
 }
@@ -139,6 +146,7 @@ impl TryFrom<i32> for Kind {
     fn try_from(value: i32) -> Result<Self, Self::Error> {
         match pb::Kind::try_from(value) {
             Ok(pb::Kind::Chat) => Ok(Self::Chat),
+            Ok(pb::Kind::Group) => Ok(Self::Group),
             Ok(pb::Kind::Unspecified) | Err(_) => Err(UnknownValue {
                 what: "kind",
                 value: value.to_string(),
@@ -188,7 +196,8 @@ mod tests {
         assert!(Priority::try_from(-1).is_err());
         assert!("urgent".parse::<Priority>().is_err());
         assert!(Kind::try_from(0).is_err());
-        assert!(Kind::try_from(2).is_err());
+        assert!(Kind::try_from(3).is_err());
+        assert_eq!(Kind::try_from(2).unwrap(), Kind::Group);
         assert_eq!(Kind::try_from(1).unwrap(), Kind::Chat);
         assert_eq!("chat".parse::<Kind>().unwrap(), Kind::Chat);
     }

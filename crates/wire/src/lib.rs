@@ -11,6 +11,7 @@ mod class;
 mod envelope;
 mod error;
 mod frame;
+pub mod group;
 mod id;
 mod identity;
 pub mod limits;

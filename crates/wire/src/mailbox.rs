@@ -94,6 +94,17 @@ pub enum MailboxRequest {
         /// How many (a hint).
         items: u32,
     },
+    /// Leave an encoded `GroupPost` with a group's mailbox.
+    GroupDeposit(Vec<u8>),
+    /// A group's posts after `after`, in apply order, at most `limit`.
+    GroupFetch {
+        /// The group (16 bytes).
+        group_id: [u8; 16],
+        /// The cursor (all zero: from the start).
+        after: crate::group::PostKey,
+        /// Posts wanted at most.
+        limit: u32,
+    },
 }
 
 fn too_large(what: &'static str, len: usize, max: usize) -> ResponseError {
@@ -154,6 +165,21 @@ impl MailboxRequest {
             MailboxRequest::Notify { items } => {
                 mailbox_request::Request::Notify(pb::MailNotify { items: *items })
             }
+            MailboxRequest::GroupDeposit(post) => {
+                mailbox_request::Request::GroupDeposit(pb::GroupDeposit { post: post.clone() })
+            }
+            MailboxRequest::GroupFetch {
+                group_id,
+                after,
+                limit,
+            } => mailbox_request::Request::GroupFetch(pb::GroupFetch {
+                group_id: group_id.to_vec(),
+                epoch: after.epoch,
+                commit: after.commit,
+                created_ms: after.created_ms,
+                post_id: after.post_id.to_vec(),
+                limit: *limit,
+            }),
         };
         pb::MailboxRequest {
             request: Some(request),
@@ -194,6 +220,32 @@ impl MailboxRequest {
             Some(mailbox_request::Request::Notify(notify)) => MailboxRequest::Notify {
                 items: notify.items,
             },
+            Some(mailbox_request::Request::GroupDeposit(d)) => {
+                if d.post.len() > crate::group::MAX_GROUP_POST_BYTES {
+                    return Err(too_large(
+                        "group post",
+                        d.post.len(),
+                        crate::group::MAX_GROUP_POST_BYTES,
+                    ));
+                }
+                MailboxRequest::GroupDeposit(d.post)
+            }
+            Some(mailbox_request::Request::GroupFetch(f)) => MailboxRequest::GroupFetch {
+                group_id: <[u8; 16]>::try_from(f.group_id.as_slice())
+                    .map_err(|_| malformed("group fetch: the group id is not 16 bytes"))?,
+                after: crate::group::PostKey {
+                    epoch: f.epoch,
+                    commit: f.commit,
+                    created_ms: f.created_ms,
+                    post_id: if f.post_id.is_empty() {
+                        [0; 16]
+                    } else {
+                        <[u8; 16]>::try_from(f.post_id.as_slice())
+                            .map_err(|_| malformed("group fetch: the post id is not 16 bytes"))?
+                    },
+                },
+                limit: f.limit,
+            },
             None => return Err(malformed("mailbox request: nothing set")),
         };
         Ok(request)
@@ -232,6 +284,13 @@ pub enum MailboxResponse {
         code: MailRefusalCode,
         /// Detail, at most `MAX_REJECT_REASON_BYTES`.
         reason: String,
+    },
+    /// A page of a group's posts (encoded `GroupPost`s), in apply order.
+    GroupPage {
+        /// At most [`crate::group::MAX_GROUP_PAGE_POSTS`].
+        posts: Vec<Vec<u8>>,
+        /// Whether more follow.
+        more: bool,
     },
 }
 
@@ -287,6 +346,12 @@ impl MailboxResponse {
                 mailbox_response::Response::Refusal(pb::MailRefusal {
                     code: (*code).into(),
                     reason: reason.clone(),
+                })
+            }
+            MailboxResponse::GroupPage { posts, more } => {
+                mailbox_response::Response::GroupPage(pb::GroupPage {
+                    posts: posts.clone(),
+                    more: *more,
                 })
             }
         };
@@ -355,6 +420,30 @@ impl MailboxResponse {
                     code: MailRefusalCode::try_from(r.code)
                         .unwrap_or(MailRefusalCode::MailRefusalUnspecified),
                     reason: r.reason,
+                }
+            }
+            Some(mailbox_response::Response::GroupPage(page)) => {
+                if page.posts.len() > crate::group::MAX_GROUP_PAGE_POSTS {
+                    return Err(too_large(
+                        "group page",
+                        page.posts.len(),
+                        crate::group::MAX_GROUP_PAGE_POSTS,
+                    ));
+                }
+                if let Some(p) = page
+                    .posts
+                    .iter()
+                    .find(|p| p.len() > crate::group::MAX_GROUP_POST_BYTES)
+                {
+                    return Err(too_large(
+                        "group post",
+                        p.len(),
+                        crate::group::MAX_GROUP_POST_BYTES,
+                    ));
+                }
+                MailboxResponse::GroupPage {
+                    posts: page.posts,
+                    more: page.more,
                 }
             }
             None => return Err(malformed("mailbox response: nothing set")),

@@ -66,21 +66,21 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    fn answer(response: MailboxResponse) -> Self {
+    pub(crate) fn answer(response: MailboxResponse) -> Self {
         Self {
             response,
             effect: Effect::None,
         }
     }
 
-    fn refused(code: MailDepositCode, reason: impl Into<String>) -> Self {
+    pub(crate) fn refused(code: MailDepositCode, reason: impl Into<String>) -> Self {
         Self {
             response: MailboxResponse::deposited(code, reason),
             effect: Effect::Refused,
         }
     }
 
-    fn refusal(code: MailRefusalCode, reason: impl Into<String>) -> Self {
+    pub(crate) fn refusal(code: MailRefusalCode, reason: impl Into<String>) -> Self {
         Self::answer(MailboxResponse::refused(code, reason))
     }
 }
@@ -97,6 +97,8 @@ pub(crate) struct Context<'a> {
     pub(crate) config: &'a MailboxConfig,
     /// Now, ms since the Unix epoch.
     pub(crate) now_ms: u64,
+    /// The group settings (how long group posts are kept, how many).
+    pub(crate) groups: &'a crate::config::GroupsConfig,
 }
 
 fn ms(d: std::time::Duration) -> u64 {
@@ -137,6 +139,12 @@ pub(crate) fn serve(store: &mut Store, cx: &Context<'_>, request: MailboxRequest
             response: MailboxResponse::Noted,
             effect: Effect::Drain,
         },
+        MailboxRequest::GroupDeposit(post) => crate::groups::mailbox::deposit(store, cx, &post),
+        MailboxRequest::GroupFetch {
+            group_id,
+            after,
+            limit,
+        } => crate::groups::mailbox::fetch(store, cx, group_id, after, limit),
     }
 }
 

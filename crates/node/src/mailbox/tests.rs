@@ -35,6 +35,7 @@ impl World {
             is_mailbox: true,
             config: &self.config,
             now_ms: NOW,
+            groups: &crate::config::GroupsConfig::default(),
         };
         serve(&mut self.store, &cx, request)
     }
@@ -158,6 +159,7 @@ fn bad_deposits_are_refused_with_a_reason() {
         is_mailbox: false,
         config: &config,
         now_ms: NOW,
+        groups: &crate::config::GroupsConfig::default(),
     };
     let served = serve(
         &mut w.store,

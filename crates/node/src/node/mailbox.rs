@@ -203,6 +203,10 @@ impl EventLoop {
                             e.to_string(),
                         )
                     });
+                    if self.groups.owns_request(&request_id) {
+                        self.on_group_mailbox_response(request_id, peer, response);
+                        return;
+                    }
                     self.on_mailbox_response(request_id, peer, response);
                 }
             },
@@ -217,6 +221,10 @@ impl EventLoop {
                     MailRefusalCode::MailRefusalUnspecified,
                     error.to_string(),
                 );
+                if self.groups.owns_request(&request_id) {
+                    self.on_group_mailbox_response(request_id, peer, response);
+                    return;
+                }
                 self.on_mailbox_response(request_id, peer, response);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -274,6 +282,7 @@ impl EventLoop {
         let me = self.shared.peer_id;
         let is_mailbox = self.shared.config.has_role(Role::Mailbox);
         let config = self.shared.config.mailbox.clone();
+        let groups = self.shared.config.groups.clone();
         let now_ms = self.now_ms();
         self.background(move |store| {
             let cx = Context {
@@ -282,6 +291,7 @@ impl EventLoop {
                 is_mailbox,
                 config: &config,
                 now_ms,
+                groups: &groups,
             };
             let served = serve(store, &cx, request);
             Some(Internal::MailboxServed {
@@ -876,5 +886,8 @@ fn cleanup(
     }
     if let Err(e) = store.compact_outbox(now.saturating_sub(retention_ms)) {
         tracing::warn!("cannot compact the outbox: {e}");
+    }
+    if let Err(e) = crate::groups::store::purge(store.connection(), now, retention_ms) {
+        tracing::warn!("cannot purge group posts: {e}");
     }
 }

@@ -1,0 +1,1061 @@
+//! The event loop's side of groups: MLS work on blocking threads (see
+//! `groups::engine`), posts on gossipsub and in the group mailboxes, key
+//! packages in the DHT, control messages through the outbox.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::kad::{self, store::RecordStore as _, QueryId};
+use libp2p::request_response::OutboundRequestId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::PeerId;
+use peercomm_store::Store;
+use peercomm_wire::group::{
+    key_packages_key, sign_key_packages, verify_key_packages, GroupPost, KeyPackages, PostKey,
+};
+use peercomm_wire::pb::MailDepositCode;
+use peercomm_wire::{MailboxRequest, MailboxResponse};
+use tokio::sync::oneshot;
+
+use super::{EventLoop, Internal};
+use crate::groups::engine::{self, Change, Cx, Effects};
+use crate::groups::mailbox::group_mailbox_key;
+use crate::groups::mls::Mls;
+use crate::groups::store as gstore;
+use crate::groups::{GroupChange, GroupCommand, GroupError, GroupId, GroupState};
+use crate::mailbox::by_distance;
+use crate::stats::bump;
+
+/// How long a group's mailbox set is reused before it is looked up again.
+const MAILBOXES_FOR: Duration = Duration::from_secs(300);
+/// How often own posts not yet deposited are looked at again.
+const DEPOSIT_RETRY: Duration = Duration::from_secs(5);
+/// How often members are dialled to keep each group's mesh.
+const CONNECT_EVERY: Duration = Duration::from_secs(5);
+/// How often the key-package record is published again.
+const KEY_PACKAGES_EVERY: Duration = Duration::from_secs(30 * 60);
+/// Lifetime of the published key-package record.
+const KEY_PACKAGES_TTL: Duration = Duration::from_secs(2 * 3600);
+/// Own posts deposited per pass, at most.
+const DEPOSIT_BATCH: u32 = 32;
+/// Extra mailboxes beyond R asked when some refuse.
+const SPARE_MAILBOXES: usize = 2;
+
+/// Who waits for a key-package lookup.
+#[derive(Debug)]
+struct KeyPackageWait {
+    group: GroupId,
+    peer: PeerId,
+    reply: Option<oneshot::Sender<Result<GroupChange, GroupError>>>,
+    found: bool,
+}
+
+/// What a group mailbox lookup is for.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    Deposit,
+    CatchUp,
+}
+
+/// An outbound group mailbox request.
+#[derive(Debug)]
+enum Outbound {
+    Deposit { post: [u8; 16] },
+    Fetch { group: GroupId, rest: Vec<PeerId> },
+}
+
+/// Group state kept by the event loop.
+pub(super) struct GroupsState {
+    mls: Arc<Mls>,
+    subscribed: HashSet<GroupId>,
+    /// Active groups with their members, as last read.
+    members: HashMap<GroupId, Vec<PeerId>>,
+    key_package_gets: HashMap<QueryId, KeyPackageWait>,
+    key_package_put: Option<QueryId>,
+    key_packages_dirty: bool,
+    key_packages_at: Option<Instant>,
+    key_package_seq: u64,
+    /// Mailbox sets by group, with when they were found.
+    mailboxes: HashMap<GroupId, (Vec<PeerId>, Instant)>,
+    lookups: HashMap<QueryId, (GroupId, Placement)>,
+    outbound: HashMap<OutboundRequestId, Outbound>,
+    /// Own posts being deposited: (answers awaited, accepted).
+    depositing: HashMap<[u8; 16], (usize, usize)>,
+    /// Own posts waiting for their group's mailbox set.
+    waiting_deposit: HashMap<GroupId, Vec<Vec<u8>>>,
+    /// Groups with a catch-up under way.
+    catching_up: HashSet<GroupId>,
+    caught_up_at: Option<Instant>,
+    connected_at: Option<Instant>,
+    deposited_at: Option<Instant>,
+    /// Inbox position of the last control message handled.
+    control_seq: i64,
+    control_received: u64,
+    control_running: bool,
+    started: bool,
+}
+
+impl GroupsState {
+    pub(super) fn new(mls: Arc<Mls>) -> Self {
+        Self {
+            mls,
+            subscribed: HashSet::new(),
+            members: HashMap::new(),
+            key_package_gets: HashMap::new(),
+            key_package_put: None,
+            key_packages_dirty: true,
+            key_packages_at: None,
+            key_package_seq: 0,
+            mailboxes: HashMap::new(),
+            lookups: HashMap::new(),
+            outbound: HashMap::new(),
+            depositing: HashMap::new(),
+            waiting_deposit: HashMap::new(),
+            catching_up: HashSet::new(),
+            caught_up_at: None,
+            connected_at: None,
+            deposited_at: None,
+            control_seq: 0,
+            control_received: u64::MAX,
+            control_running: false,
+            started: false,
+        }
+    }
+
+    /// Whether a DHT query is ours.
+    pub(super) fn owns_query(&self, query: &QueryId) -> bool {
+        self.lookups.contains_key(query)
+            || self.key_package_gets.contains_key(query)
+            || self.key_package_put == Some(*query)
+    }
+
+    /// Whether a mailbox request is ours.
+    pub(super) fn owns_request(&self, request: &OutboundRequestId) -> bool {
+        self.outbound.contains_key(request)
+    }
+}
+
+/// Results of group work, back to the loop.
+#[derive(Debug)]
+pub(super) enum GroupDone {
+    Effects(Effects),
+    /// Active groups and their members, read at start and after changes.
+    Members(HashMap<GroupId, Vec<PeerId>>),
+    /// Our key packages, to publish.
+    KeyPackages(Vec<(Vec<u8>, bool)>),
+    /// Own posts to deposit.
+    Undeposited(Vec<(GroupId, Vec<u8>)>),
+    /// The catch-up cursor of a group.
+    Cursor(GroupId, PostKey, Vec<PeerId>),
+    /// Control messages were handled.
+    Control(Effects),
+    /// A fetched page was applied.
+    Page {
+        group: GroupId,
+        effects: Effects,
+        next: Option<(PostKey, PeerId)>,
+    },
+}
+
+impl EventLoop {
+    fn cx_parts(
+        &self,
+    ) -> (
+        Arc<Mls>,
+        tokio::sync::broadcast::Sender<crate::NodeEvent>,
+        bool,
+        u64,
+        usize,
+    ) {
+        let c = &self.shared.config;
+        (
+            self.groups.mls.clone(),
+            self.shared.events.clone(),
+            c.groups.auto_join,
+            u64::try_from(c.delivery.default_ttl.as_millis()).unwrap_or(u64::MAX),
+            c.groups.key_packages,
+        )
+    }
+
+    /// Runs `work` on a blocking thread with what group work needs.
+    fn group_background(
+        &mut self,
+        work: impl FnOnce(&mut Store, &Cx<'_>) -> Option<Internal> + Send + 'static,
+    ) {
+        let (mls, events, auto_join, control_ttl_ms, key_packages) = self.cx_parts();
+        let now_ms = self.now_ms();
+        self.background(move |store| {
+            let cx = Cx {
+                mls: &mls,
+                events: &events,
+                now_ms,
+                auto_join,
+                control_ttl_ms,
+                key_packages,
+            };
+            work(store, &cx)
+        });
+    }
+
+    /// Runs group work on a blocking thread; its effects come back as
+    /// `Internal::Group`, its result goes to `reply`.
+    fn group_work<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Store, &Cx<'_>) -> Result<(T, Effects), GroupError> + Send + 'static,
+        reply: impl FnOnce(Result<T, GroupError>) + Send + 'static,
+    ) {
+        self.group_background(move |store, cx| match work(store, cx) {
+            Ok((value, effects)) => {
+                reply(Ok(value));
+                Some(Internal::Group(GroupDone::Effects(effects)))
+            }
+            Err(e) => {
+                reply(Err(e));
+                None
+            }
+        });
+    }
+
+    pub(super) fn on_group_command(&mut self, command: GroupCommand) {
+        match command {
+            GroupCommand::Create {
+                name,
+                description,
+                reply,
+            } => self.group_work(
+                move |s, cx| engine::create(s, cx, name, description),
+                move |r| {
+                    let _ = reply.send(r);
+                },
+            ),
+            GroupCommand::Invite { group, peer, reply } => {
+                // The owner fetches the key package first; the reply waits.
+                self.group_background(move |store, cx| {
+                    match engine::invite(store, cx, group, peer) {
+                        Ok(None) => Some(Internal::GroupInvite { group, peer, reply }),
+                        Ok(Some((change, effects))) => {
+                            let _ = reply.send(Ok(change));
+                            Some(Internal::Group(GroupDone::Effects(effects)))
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            None
+                        }
+                    }
+                });
+            }
+            GroupCommand::Join { group, reply } => self.group_work(
+                move |s, cx| engine::join(s, cx, group),
+                move |r| {
+                    let _ = reply.send(r);
+                },
+            ),
+            GroupCommand::Leave { group, reply } => self.group_work(
+                move |s, cx| engine::leave(s, cx, group),
+                move |r| {
+                    let _ = reply.send(r);
+                },
+            ),
+            GroupCommand::Remove { group, peer, reply } => self.group_work(
+                move |s, cx| engine::remove(s, cx, group, peer),
+                move |r| {
+                    let _ = reply.send(r);
+                },
+            ),
+            GroupCommand::SetAdmin {
+                group,
+                peer,
+                admin,
+                reply,
+            } => self.group_work(
+                move |s, cx| engine::set_admin(s, cx, group, peer, admin),
+                move |r| {
+                    let _ = reply.send(r);
+                },
+            ),
+            GroupCommand::Rename {
+                group,
+                name,
+                description,
+                reply,
+            } => self.group_work(
+                move |s, cx| engine::rename(s, cx, group, name, description),
+                move |r| {
+                    let _ = reply.send(r);
+                },
+            ),
+            GroupCommand::Send { group, body, reply } => self.group_work(
+                move |s, cx| engine::send(s, cx, group, body),
+                move |r| {
+                    let _ = reply.send(r);
+                },
+            ),
+        }
+    }
+
+    /// The owner invites `peer`: its key-package record from the DHT.
+    pub(super) fn group_fetch_key_package(
+        &mut self,
+        group: GroupId,
+        peer: PeerId,
+        reply: Option<oneshot::Sender<Result<GroupChange, GroupError>>>,
+    ) {
+        let query = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_record(kad::RecordKey::new(&key_packages_key(&peer)));
+        self.groups.key_package_gets.insert(
+            query,
+            KeyPackageWait {
+                group,
+                peer,
+                reply,
+                found: false,
+            },
+        );
+    }
+
+    fn on_key_package_record(&mut self, query: QueryId, record: kad::Record) {
+        let now = self.now_ms();
+        let Some(wait) = self.groups.key_package_gets.get_mut(&query) else {
+            return;
+        };
+        if wait.found {
+            return;
+        }
+        let Ok(kps) = verify_key_packages(&record.value, now) else {
+            bump(&self.shared.stats.records_rejected);
+            return;
+        };
+        if kps.peer != wait.peer {
+            bump(&self.shared.stats.records_rejected);
+            return;
+        }
+        // A fresh one at random, else the last-resort one.
+        let mls = self.groups.mls.clone();
+        let peer = wait.peer;
+        let mut candidates: Vec<Vec<u8>> = kps.fresh;
+        use rand::seq::SliceRandom;
+        candidates.shuffle(&mut self.rng);
+        candidates.push(kps.last_resort);
+        let Some(kp) = candidates
+            .iter()
+            .find_map(|b| mls.check_key_package(b, peer).ok())
+        else {
+            return;
+        };
+        wait.found = true;
+        let Some(wait) = self.groups.key_package_gets.remove(&query) else {
+            return;
+        };
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+            q.finish();
+        }
+        let group = wait.group;
+        let reply = wait.reply;
+        self.group_work(
+            move |s, cx| engine::commit(s, cx, group, Change::Add(peer, Box::new(kp))),
+            move |r| {
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            },
+        );
+    }
+
+    fn on_key_package_lookup_done(&mut self, query: QueryId) {
+        if let Some(wait) = self.groups.key_package_gets.remove(&query) {
+            if !wait.found {
+                if let Some(reply) = wait.reply {
+                    let _ = reply.send(Err(GroupError::NoKeyPackage(wait.peer)));
+                }
+            }
+        }
+    }
+
+    /// A DHT event for one of our queries.
+    pub(super) fn on_group_query(&mut self, query: QueryId, result: kad::QueryResult, last: bool) {
+        match result {
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                self.on_key_package_record(query, found.record);
+                if last {
+                    self.on_key_package_lookup_done(query);
+                }
+            }
+            kad::QueryResult::GetRecord(_) if last => self.on_key_package_lookup_done(query),
+            kad::QueryResult::PutRecord(r) if last => {
+                self.groups.key_package_put = None;
+                if r.is_err() {
+                    tracing::debug!("key-package record publish reached nobody; retrying later");
+                    self.groups.key_packages_dirty = true;
+                }
+            }
+            kad::QueryResult::GetClosestPeers(result) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let Some((group, placement)) = self.groups.lookups.remove(&query) else {
+                    return;
+                };
+                let me = self.shared.peer_id;
+                let r = self.shared.config.mailbox.replicas;
+                let key = group_mailbox_key(&group);
+                let mut set: Vec<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
+                // We are a candidate too when we are among the nearest.
+                set.push(me);
+                let set: Vec<PeerId> = by_distance(&key, set)
+                    .into_iter()
+                    .take(r + SPARE_MAILBOXES)
+                    .collect();
+                self.groups.mailboxes.insert(group, (set, Instant::now()));
+                match placement {
+                    Placement::Deposit => {
+                        for post in self
+                            .groups
+                            .waiting_deposit
+                            .remove(&group)
+                            .unwrap_or_default()
+                        {
+                            self.group_deposit(group, post);
+                        }
+                    }
+                    Placement::CatchUp => self.group_catch_up(group),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn group_mailboxes(&mut self, group: GroupId, placement: Placement) -> Option<Vec<PeerId>> {
+        if let Some((set, at)) = self.groups.mailboxes.get(&group) {
+            if at.elapsed() < MAILBOXES_FOR && !set.is_empty() {
+                return Some(set.clone());
+            }
+        }
+        if !self.groups.lookups.values().any(|(g, p)| {
+            *g == group
+                && matches!(
+                    (p, placement),
+                    (Placement::Deposit, Placement::Deposit)
+                        | (Placement::CatchUp, Placement::CatchUp)
+                )
+        }) {
+            let query = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_closest_peers(group_mailbox_key(&group));
+            self.groups.lookups.insert(query, (group, placement));
+        }
+        None
+    }
+
+    /// Publishes a post on its topic and deposits it with the group's mailboxes.
+    fn group_publish(&mut self, group: GroupId, post: Vec<u8>) {
+        let topic = IdentTopic::new(group.topic());
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, post.clone())
+        {
+            Ok(_) => bump(&self.shared.stats.group_posts_published),
+            Err(e) => tracing::debug!(%group, "not published on the topic: {e}"),
+        }
+        self.group_deposit(group, post);
+    }
+
+    fn group_deposit(&mut self, group: GroupId, post: Vec<u8>) {
+        let Ok(decoded) = GroupPost::decode(&post) else {
+            return;
+        };
+        let id = decoded.key.post_id;
+        if self.groups.depositing.contains_key(&id) {
+            return;
+        }
+        let Some(set) = self.group_mailboxes(group, Placement::Deposit) else {
+            self.groups
+                .waiting_deposit
+                .entry(group)
+                .or_default()
+                .push(post);
+            return;
+        };
+        let me = self.shared.peer_id;
+        let r = self.shared.config.mailbox.replicas;
+        let mut asked = 0;
+        let mut held_here = 0;
+        for mailbox in set.into_iter().take(r) {
+            if mailbox == me {
+                held_here += 1;
+                continue;
+            }
+            let request_id = self.swarm.behaviour_mut().mailbox.send_request(
+                &mailbox,
+                MailboxRequest::GroupDeposit(post.clone()).encode(),
+            );
+            self.groups
+                .outbound
+                .insert(request_id, Outbound::Deposit { post: id });
+            asked += 1;
+        }
+        if held_here > 0 && self.shared.config.has_role(crate::config::Role::Mailbox) {
+            // We are one of the group's mailboxes: keep it here too.
+            let groups = self.shared.config.groups.clone();
+            let now = self.now_ms();
+            self.background(move |store| {
+                let expires = now.saturating_add(
+                    u64::try_from(groups.retention.as_millis()).unwrap_or(u64::MAX),
+                );
+                let _ = gstore::mailbox_put(
+                    store.connection(),
+                    &crate::groups::mailbox::row(&decoded),
+                    me,
+                    now,
+                    expires,
+                    groups.max_posts_per_group,
+                );
+                None
+            });
+        }
+        if asked == 0 {
+            self.group_deposited(id);
+            return;
+        }
+        self.groups.depositing.insert(id, (asked, held_here));
+    }
+
+    fn group_deposited(&mut self, post: [u8; 16]) {
+        self.background(move |store| {
+            let _ = gstore::mark_deposited(store.connection(), &post);
+            None
+        });
+    }
+
+    /// Fetches a group's posts after our cursor from its mailboxes.
+    fn group_catch_up(&mut self, group: GroupId) {
+        let Some(set) = self.group_mailboxes(group, Placement::CatchUp) else {
+            return;
+        };
+        self.groups.catching_up.insert(group);
+        self.background(move |store| {
+            let c = store.connection();
+            let Ok(g) = gstore::info(c, group) else {
+                return Some(Internal::Group(GroupDone::Cursor(
+                    group,
+                    PostKey {
+                        epoch: u64::MAX,
+                        ..PostKey::default()
+                    },
+                    Vec::new(),
+                )));
+            };
+            let cursor = gstore::cursor(c, group).ok().flatten();
+            let key = match cursor {
+                Some(k) if k.epoch >= g.epoch => PostKey {
+                    epoch: k.epoch,
+                    commit: k.is_commit,
+                    created_ms: k.created_ms,
+                    post_id: k.post_id,
+                },
+                _ => PostKey {
+                    epoch: g.epoch,
+                    ..PostKey::default()
+                },
+            };
+            Some(Internal::Group(GroupDone::Cursor(group, key, set)))
+        });
+    }
+
+    fn group_fetch(&mut self, group: GroupId, after: PostKey, mut mailboxes: Vec<PeerId>) {
+        let me = self.shared.peer_id;
+        mailboxes.retain(|p| *p != me);
+        if mailboxes.is_empty() {
+            self.groups.catching_up.remove(&group);
+            return;
+        }
+        let mailbox = mailboxes.remove(0);
+        let request = MailboxRequest::GroupFetch {
+            group_id: *group.as_bytes(),
+            after,
+            limit: self.shared.config.groups.catch_up_page,
+        };
+        let request_id = self
+            .swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request(&mailbox, request.encode());
+        self.groups.outbound.insert(
+            request_id,
+            Outbound::Fetch {
+                group,
+                rest: mailboxes,
+            },
+        );
+        let _ = after;
+    }
+
+    /// The answer to one of our group mailbox requests.
+    pub(super) fn on_group_mailbox_response(
+        &mut self,
+        request: OutboundRequestId,
+        peer: PeerId,
+        response: MailboxResponse,
+    ) {
+        let Some(outbound) = self.groups.outbound.remove(&request) else {
+            return;
+        };
+        match outbound {
+            Outbound::Deposit { post } => {
+                let took = matches!(
+                    response,
+                    MailboxResponse::Deposited {
+                        code: MailDepositCode::MailDepositStored
+                            | MailDepositCode::MailDepositDuplicate,
+                        ..
+                    }
+                );
+                let Some((pending, accepted)) = self.groups.depositing.get_mut(&post) else {
+                    return;
+                };
+                *pending -= 1;
+                if took {
+                    *accepted += 1;
+                } else {
+                    tracing::debug!(%peer, ?response, "group mailbox did not take a post");
+                }
+                if *pending == 0 {
+                    let accepted = *accepted;
+                    self.groups.depositing.remove(&post);
+                    if accepted > 0 {
+                        self.group_deposited(post);
+                    }
+                }
+            }
+            Outbound::Fetch { group, rest } => match response {
+                MailboxResponse::GroupPage { posts, more } => {
+                    let posts: Vec<GroupPost> = posts
+                        .iter()
+                        .filter_map(|p| GroupPost::decode(p).ok())
+                        .filter(|p| p.group_id == *group.as_bytes())
+                        .collect();
+                    let last = posts.iter().map(|p| p.key).max();
+                    let next = match (more, last) {
+                        (true, Some(k)) => Some((k, peer)),
+                        _ => None,
+                    };
+                    bump(&self.shared.stats.group_pages_fetched);
+                    self.group_background(move |store, cx| {
+                        let effects = engine::receive(store, cx, posts).unwrap_or_else(|e| {
+                            tracing::warn!("group catch-up: {e}");
+                            Effects::default()
+                        });
+                        Some(Internal::Group(GroupDone::Page {
+                            group,
+                            effects,
+                            next,
+                        }))
+                    });
+                }
+                other => {
+                    tracing::debug!(%peer, ?other, "group fetch refused; trying the next mailbox");
+                    self.group_catch_up_from(group, rest);
+                }
+            },
+        }
+    }
+
+    fn group_catch_up_from(&mut self, group: GroupId, rest: Vec<PeerId>) {
+        if rest.is_empty() {
+            self.groups.catching_up.remove(&group);
+            return;
+        }
+        self.background(move |store| {
+            let c = store.connection();
+            let epoch = gstore::info(c, group).map(|g| g.epoch).unwrap_or(0);
+            let key = match gstore::cursor(c, group).ok().flatten() {
+                Some(k) if k.epoch >= epoch => PostKey {
+                    epoch: k.epoch,
+                    commit: k.is_commit,
+                    created_ms: k.created_ms,
+                    post_id: k.post_id,
+                },
+                _ => PostKey {
+                    epoch,
+                    ..PostKey::default()
+                },
+            };
+            Some(Internal::Group(GroupDone::Cursor(group, key, rest)))
+        });
+    }
+
+    /// A gossipsub event.
+    pub(super) fn on_gossipsub_event(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            return;
+        };
+        let accept = match GroupPost::decode(&message.data) {
+            Ok(post)
+                if self
+                    .groups
+                    .subscribed
+                    .contains(&GroupId::from(post.group_id))
+                    && message.topic
+                        == IdentTopic::new(GroupId::from(post.group_id).topic()).hash() =>
+            {
+                bump(&self.shared.stats.group_posts_received);
+                self.group_receive(vec![post]);
+                MessageAcceptance::Accept
+            }
+            Ok(_) => MessageAcceptance::Ignore,
+            Err(_) => {
+                bump(&self.shared.stats.group_posts_rejected);
+                MessageAcceptance::Reject
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&message_id, &propagation_source, accept);
+    }
+
+    fn group_receive(&mut self, posts: Vec<GroupPost>) {
+        self.group_work(
+            move |s, cx| engine::receive(s, cx, posts).map(|e| ((), e)),
+            |_| {},
+        );
+    }
+
+    /// Results of group work.
+    pub(super) fn on_group_done(&mut self, done: GroupDone) {
+        match done {
+            GroupDone::Effects(effects) => self.group_effects(effects),
+            GroupDone::Members(members) => {
+                for id in members.keys() {
+                    self.group_subscribe(*id);
+                }
+                self.groups.members = members;
+            }
+            GroupDone::Control(effects) => {
+                self.groups.control_running = false;
+                if effects.control_seq.is_some() {
+                    // There may be more: look again at the next tick.
+                    self.groups.control_received = u64::MAX;
+                }
+                self.group_effects(effects);
+            }
+            GroupDone::KeyPackages(kps) => self.group_put_key_packages(kps),
+            GroupDone::Undeposited(posts) => {
+                for (group, post) in posts {
+                    self.group_deposit(group, post);
+                }
+            }
+            GroupDone::Cursor(group, key, mailboxes) => {
+                if key.epoch == u64::MAX {
+                    self.groups.catching_up.remove(&group);
+                } else {
+                    self.group_fetch(group, key, mailboxes);
+                }
+            }
+            GroupDone::Page {
+                group,
+                effects,
+                next,
+            } => {
+                let gap = effects.catch_up.contains(&group);
+                let mut effects = effects;
+                effects.catch_up.retain(|g| *g != group);
+                self.group_effects(effects);
+                match next {
+                    Some((key, peer)) => self.group_fetch(group, key, vec![peer]),
+                    None => {
+                        self.groups.catching_up.remove(&group);
+                        let _ = gap;
+                    }
+                }
+            }
+        }
+    }
+
+    fn group_effects(&mut self, effects: Effects) {
+        let changed = !effects.subscribe.is_empty()
+            || !effects.unsubscribe.is_empty()
+            || !effects.publish.is_empty();
+        for id in effects.subscribe {
+            self.group_subscribe(id);
+            self.groups.mailboxes.remove(&id);
+        }
+        for id in effects.unsubscribe {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .unsubscribe(&IdentTopic::new(id.topic()));
+            self.groups.subscribed.remove(&id);
+            self.groups.members.remove(&id);
+        }
+        for (group, post) in effects.publish {
+            self.group_publish(group, post);
+        }
+        for group in effects.catch_up {
+            if !self.groups.catching_up.contains(&group) {
+                self.group_catch_up(group);
+            }
+        }
+        for (group, peer) in effects.invite {
+            self.group_fetch_key_package(group, peer, None);
+        }
+        if effects.outbox {
+            self.due_dirty = true;
+        }
+        if effects.key_packages {
+            self.groups.key_packages_dirty = true;
+        }
+        if let Some(seq) = effects.control_seq {
+            self.groups.control_seq = self.groups.control_seq.max(seq);
+        }
+        if changed {
+            self.group_read_members();
+        }
+    }
+
+    fn group_subscribe(&mut self, id: GroupId) {
+        if self.groups.subscribed.insert(id) {
+            if let Err(e) = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&IdentTopic::new(id.topic()))
+            {
+                tracing::warn!(%id, "cannot subscribe to the group's topic: {e}");
+            }
+        }
+    }
+
+    fn group_read_members(&mut self) {
+        self.background(|store| {
+            let c = store.connection();
+            let mut out = HashMap::new();
+            for g in gstore::list(c).unwrap_or_default() {
+                if g.state == GroupState::Active {
+                    out.insert(g.id, gstore::member_ids(c, g.id).unwrap_or_default());
+                }
+            }
+            Some(Internal::Group(GroupDone::Members(out)))
+        });
+    }
+
+    fn group_put_key_packages(&mut self, kps: Vec<(Vec<u8>, bool)>) {
+        let now = self.now_ms();
+        let (fresh, last): (Vec<_>, Vec<_>) = kps.into_iter().partition(|(_, lr)| !lr);
+        let Some((last_resort, _)) = last.into_iter().next() else {
+            return;
+        };
+        self.groups.key_package_seq = now.max(self.groups.key_package_seq + 1);
+        let record = KeyPackages {
+            peer: self.shared.peer_id,
+            seq: self.groups.key_package_seq,
+            expires_ms: now + KEY_PACKAGES_TTL.as_millis() as u64,
+            fresh: fresh
+                .into_iter()
+                .map(|(b, _)| b)
+                .take(peercomm_wire::group::MAX_KEY_PACKAGES)
+                .collect(),
+            last_resort,
+        };
+        let value = match sign_key_packages(self.identity.keypair(), &record) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("cannot sign our key packages: {e}");
+                return;
+            }
+        };
+        let mut rec = kad::Record::new(
+            kad::RecordKey::new(&key_packages_key(&self.shared.peer_id)),
+            value,
+        );
+        rec.expires = Some(Instant::now() + KEY_PACKAGES_TTL);
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(rec, kad::Quorum::One)
+        {
+            Ok(q) => {
+                self.groups.key_package_put = Some(q);
+                self.groups.key_packages_at = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::debug!("cannot publish key packages: {e}");
+                self.groups.key_packages_dirty = true;
+            }
+        }
+    }
+
+    /// A key-package record another node stores on us: valid, signed by
+    /// the peer its key names, not older than what we hold.
+    pub(super) fn on_inbound_key_packages(&mut self, source: PeerId, record: kad::Record) {
+        let now = self.now_ms();
+        let Ok(kps) = verify_key_packages(&record.value, now) else {
+            bump(&self.shared.stats.records_rejected);
+            tracing::debug!(%source, "key-package record refused");
+            return;
+        };
+        if record.key.as_ref() != key_packages_key(&kps.peer).as_slice() {
+            bump(&self.shared.stats.records_rejected);
+            return;
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let held = kad
+            .store_mut()
+            .get(&record.key)
+            .and_then(|r| verify_key_packages(&r.value, 0).ok())
+            .map(|k| k.seq);
+        if held.is_some_and(|h| kps.seq < h) {
+            return;
+        }
+        let mut record = record;
+        let ttl = Duration::from_millis(kps.expires_ms.saturating_sub(now));
+        record.expires = Some(Instant::now() + ttl.min(KEY_PACKAGES_TTL));
+        if let Err(e) = kad.store_mut().put(record) {
+            tracing::debug!(%source, "key-package record not stored: {e}");
+        }
+    }
+
+    /// Periodic group work.
+    pub(super) fn groups_tick(&mut self) {
+        if !self.groups.started {
+            self.groups.started = true;
+            self.group_read_members();
+            // Key packages are made (or topped up) once at start.
+            self.group_work(
+                |s, cx| engine::refresh_key_packages(s, cx).map(|e| ((), e)),
+                |_| {},
+            );
+        }
+        let now = Instant::now();
+        // Control messages that arrived (Welcomes, requests to the owner).
+        let received = self
+            .shared
+            .stats
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if received != self.groups.control_received && !self.groups.control_running {
+            self.groups.control_received = received;
+            self.groups.control_running = true;
+            let after = self.groups.control_seq;
+            self.group_background(move |store, cx| {
+                let effects = engine::control(store, cx, after).unwrap_or_else(|e| {
+                    tracing::warn!("group control messages: {e}");
+                    Effects::default()
+                });
+                Some(Internal::Group(GroupDone::Control(effects)))
+            });
+        }
+        // Key packages to the DHT, once joined.
+        let due = self
+            .groups
+            .key_packages_at
+            .is_none_or(|at| at.elapsed() >= KEY_PACKAGES_EVERY);
+        if (self.groups.key_packages_dirty || due)
+            && self.dht.joined
+            && self.groups.key_package_put.is_none()
+        {
+            self.groups.key_packages_dirty = false;
+            self.background(|store| {
+                let kps = gstore::key_packages(store.connection()).unwrap_or_default();
+                Some(Internal::Group(GroupDone::KeyPackages(
+                    kps.into_iter().map(|(_, kp, lr)| (kp, lr)).collect(),
+                )))
+            });
+        }
+        // Catch up every group now and then.
+        let interval = self.shared.config.groups.catch_up_interval;
+        if self.dht.joined
+            && self
+                .groups
+                .caught_up_at
+                .is_none_or(|at| at.elapsed() >= interval)
+        {
+            self.groups.caught_up_at = Some(now);
+            let groups: Vec<GroupId> = self.groups.members.keys().copied().collect();
+            for g in groups {
+                if !self.groups.catching_up.contains(&g) {
+                    self.group_catch_up(g);
+                }
+            }
+        }
+        // Own posts not yet deposited.
+        if self
+            .groups
+            .deposited_at
+            .is_none_or(|at| at.elapsed() >= DEPOSIT_RETRY)
+        {
+            self.groups.deposited_at = Some(now);
+            self.background(|store| {
+                let posts =
+                    gstore::undeposited(store.connection(), DEPOSIT_BATCH).unwrap_or_default();
+                if posts.is_empty() {
+                    return None;
+                }
+                Some(Internal::Group(GroupDone::Undeposited(
+                    posts.into_iter().map(|p| (p.group, p.post)).collect(),
+                )))
+            });
+        }
+        // Stay connected to enough members of each group for its mesh.
+        if self
+            .groups
+            .connected_at
+            .is_none_or(|at| at.elapsed() >= CONNECT_EVERY)
+        {
+            self.groups.connected_at = Some(now);
+            self.group_connect_members();
+        }
+    }
+
+    fn group_connect_members(&mut self) {
+        let want = self
+            .shared
+            .config
+            .groups
+            .connect_members
+            .max(self.shared.config.groups.mesh_n);
+        let me = self.shared.peer_id;
+        let mut dial = Vec::new();
+        for members in self.groups.members.values() {
+            let connected = members
+                .iter()
+                .filter(|p| **p != me && self.swarm.is_connected(p))
+                .count();
+            if connected >= want {
+                continue;
+            }
+            let mut others: Vec<PeerId> = members
+                .iter()
+                .filter(|p| **p != me && !self.swarm.is_connected(p))
+                .copied()
+                .collect();
+            use rand::seq::SliceRandom;
+            others.shuffle(&mut self.rng);
+            dial.extend(others.into_iter().take(want - connected));
+        }
+        for peer in dial {
+            let _ = self.swarm.dial(
+                DialOpts::peer_id(peer)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+            );
+        }
+    }
+}
