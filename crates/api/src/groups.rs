@@ -203,6 +203,7 @@ impl From<GroupMessage> for GroupMessageView {
             epoch,
             created_ms,
             received_ms,
+            post_bytes: _,
         } = m;
         Self {
             seq,

@@ -362,3 +362,75 @@ fn print_mls(r: &MlsCostReport) {
          welcome bytes + tree bytes."
     );
 }
+
+/// `peercomm bench groups`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct GroupBenchArgs {
+    /// Members (one per node; every node joins).
+    #[arg(long, default_value_t = 50)]
+    members: usize,
+    /// Messages, each from a random member.
+    #[arg(long, default_value_t = 5)]
+    messages: usize,
+    /// Members added per commit while the group forms.
+    #[arg(long, default_value_t = 10)]
+    invite_batch: usize,
+    /// Run over the in-process memory transport instead of loopback TCP.
+    #[arg(long)]
+    memory: bool,
+    /// Seed for every random choice (random if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Runs the group multicast benchmark and prints its figures.
+pub(crate) async fn groups(args: GroupBenchArgs, json: bool) -> anyhow::Result<()> {
+    if args.members < 2 || args.messages == 0 {
+        bail!("need --members of at least 2 and --messages of at least 1");
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let mut opts = peercomm_sim::groups::GroupOptions::new(args.members, args.messages, seed);
+    opts.invite_batch = args.invite_batch;
+    if args.memory {
+        opts.transport = peercomm_sim::SimTransport::Memory;
+    }
+    if !json {
+        println!(
+            "peercomm bench groups: {} members, {} messages, {} (seed {seed})",
+            args.members,
+            args.messages,
+            if args.memory {
+                "memory transport"
+            } else {
+                "loopback TCP"
+            }
+        );
+    }
+    let r = peercomm_sim::groups::group_fanout(&opts).await?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let row = |name: &str, value: String| println!("  {name:<36} {value}");
+    row("members", r.members.to_string());
+    row("formed in (s)", format!("{:.1}", r.form_secs));
+    row(
+        "delivered / expected",
+        format!("{}/{}", r.delivered, r.expected),
+    );
+    row("duplicates", r.duplicates.to_string());
+    row("send to each member", spread_ms(&r.latency_ms));
+    row("send to the last member", spread_ms(&r.last_member_ms));
+    row("post size (bytes)", format!("{:.0}", r.post_bytes));
+    row(
+        "sender upload per message (bytes)",
+        format!("{:.0} (raw {:.0})", r.upload_bytes, r.upload_bytes_raw),
+    );
+    row("naive fan-out (bytes)", format!("{:.0}", r.naive_bytes));
+    row("upload / naive", format!("{:.3}", r.upload_ratio));
+    row("copies uploaded", format!("{:.1}", r.upload_copies));
+    if r.delivered < r.expected || r.duplicates > 0 {
+        bail!("not every member got every message exactly once");
+    }
+    Ok(())
+}

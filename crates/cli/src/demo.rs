@@ -161,6 +161,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let routed = multihop(&net, &mut rng).await?;
     let onion = onion(&net, &mut rng).await?;
     let offline = offline(&mut net, &mut rng).await?;
+    // Groups run on a network of their own: a 50-member group.
+    let group = {
+        let mut opts = peercomm_sim::groups::GroupOptions::new(50, 1, rng.gen());
+        opts.invite_batch = 10;
+        peercomm_sim::groups::group_fanout(&opts)
+            .await
+            .context("the 50-member group")?
+    };
     let duplicates_delivered = received.values().filter(|n| **n > 1).count();
     let retransmits_deduplicated: u64 = stats.iter().map(|s| s.duplicates).sum();
     let rejected: u64 = stats.iter().map(|s| s.rejected_total()).sum();
@@ -262,6 +270,19 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "offline: return to delivery max (ms)",
         format!("{:.0}", offline.after_return_max),
     );
+    row("group: members (MLS, gossipsub)", group.members.to_string());
+    row(
+        "group: delivered / expected",
+        format!("{}/{}", group.delivered, group.expected),
+    );
+    row(
+        "group: to the last member (ms)",
+        format!("{:.0}", group.last_member_ms.max),
+    );
+    row(
+        "group: sender upload / naive",
+        format!("{:.3}", group.upload_ratio),
+    );
     row("bytes on the wire (TCP, out)", wire.to_string());
     row(
         "bytes on the wire per message",
@@ -296,6 +317,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "{} of {} messages to offline peers were not delivered after they returned",
             offline.sent - offline.delivered,
             offline.sent
+        );
+    }
+    if group.delivered < group.expected || group.duplicates > 0 {
+        bail!(
+            "group: {} of {} member deliveries, {} duplicated",
+            group.delivered,
+            group.expected,
+            group.duplicates
         );
     }
     if lost > 0 || duplicates_delivered > 0 || arrived_once != args.messages {

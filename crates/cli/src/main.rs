@@ -60,6 +60,9 @@ enum BenchKind {
     /// Offline delivery under churn: recipients leave and return at random
     /// while messages flow; delivery rate, duplicates, time after return.
     Offline(bench::OfflineBenchArgs),
+    /// MLS groups over gossipsub: delivery to every member, time to the
+    /// last one, and the sender's upload against naive fan-out.
+    Groups(bench::GroupBenchArgs),
     /// MLS group cost: build, add a member, commit, process, join, encrypt
     /// and decrypt at each group size (OpenMLS, no network).
     Mls(bench::MlsBenchArgs),
@@ -228,6 +231,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             kind: BenchKind::Dht(args),
         } => bench::dht(args.clone(), json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            kind: BenchKind::Groups(args),
+        } => bench::groups(args.clone(), json)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Bench {

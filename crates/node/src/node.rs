@@ -247,7 +247,7 @@ enum Internal {
     /// An invite checked: this node owns the group, fetch the key package.
     GroupInvite {
         group: crate::groups::GroupId,
-        peer: PeerId,
+        peers: Vec<PeerId>,
         reply: oneshot::Sender<Result<crate::groups::GroupChange, crate::groups::GroupError>>,
     },
     /// The held items a peer lacked, read for copying.
@@ -497,8 +497,10 @@ fn build_swarm(
         // In-process networks (`/memory/<port>`): simulations of thousands of nodes.
         .with_other_transport(|key| {
             let noise = noise::Config::new(key)?;
+            let counters = wire.clone();
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                 libp2p::core::transport::MemoryTransport::default()
+                    .map(move |stream, _| Counted::new(stream, counters.clone()))
                     .upgrade(upgrade::Version::V1Lazy)
                     .authenticate(noise)
                     .multiplex(yamux::Config::default())
@@ -560,6 +562,9 @@ fn build_swarm(
                             (g.mesh_n / 2).min(g.mesh_n_low.saturating_sub(1)).min(2),
                         )
                         .gossip_lazy(g.gossip_lazy)
+                        // A publisher sends to its mesh only, not to every
+                        // subscribed peer it happens to be connected to.
+                        .flood_publish(false)
                         .heartbeat_interval(g.heartbeat)
                         .max_transmit_size(peercomm_wire::group::MAX_GROUP_POST_BYTES + 4096)
                         .validation_mode(libp2p::gossipsub::ValidationMode::Strict)
@@ -1355,9 +1360,11 @@ impl EventLoop {
                 self.on_handoff_items(job, peer, items)
             }
             Internal::Group(done) => self.on_group_done(done),
-            Internal::GroupInvite { group, peer, reply } => {
-                self.group_fetch_key_package(group, peer, Some(reply))
-            }
+            Internal::GroupInvite {
+                group,
+                peers,
+                reply,
+            } => self.group_fetch_key_packages(group, peers, Some(reply)),
         }
     }
 

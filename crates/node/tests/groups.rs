@@ -1,11 +1,11 @@
 //! MLS groups on real nodes over loopback: membership through the owner,
 //! multicast on gossipsub, catch-up from the group's mailboxes.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use peercomm_node::{GroupError, GroupId, GroupState, NodeHandle};
+use peercomm_sim::groups::{group_fanout, GroupOptions};
 use peercomm_sim::{wait_until, SimNet, SimOptions, SimTransport, Topology};
 
 async fn wait_joined(net: &SimNet, indices: &[usize]) -> Result<()> {
@@ -169,7 +169,180 @@ async fn a_small_group_forms_and_every_member_reads_every_message() -> Result<()
     Ok(())
 }
 
-#[allow(dead_code)]
-fn _unused(_: HashMap<(), ()>) -> Result<()> {
-    None::<()>.context("unused")
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_members_on_fifty_nodes_each_get_every_message_exactly_once() -> Result<()> {
+    let mut opts = GroupOptions::new(50, 3, seed());
+    opts.invite_batch = 7;
+    let r = group_fanout(&opts).await?;
+    println!("{r:#?}");
+    ensure!(r.members == 50);
+    ensure!(
+        r.delivered == r.expected,
+        "{} of {}",
+        r.delivered,
+        r.expected
+    );
+    ensure!(r.duplicates == 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_members_over_memory_upload_far_less_than_naive_fan_out() -> Result<()> {
+    let mut opts = GroupOptions::new(200, 1, seed());
+    opts.transport = SimTransport::Memory;
+    opts.invite_batch = 199;
+    let r = group_fanout(&opts).await?;
+    println!("{r:#?}");
+    ensure!(
+        r.delivered == r.expected,
+        "{} of {}",
+        r.delivered,
+        r.expected
+    );
+    ensure!(r.duplicates == 0);
+    // Gossip sends a post to the mesh (D = 6) plus R = 4 mailboxes, not to
+    // 199 members: well under a fifth of naive fan-out.
+    ensure!(r.upload_ratio < 0.2, "upload ratio {}", r.upload_ratio);
+    Ok(())
+}
+
+fn seed() -> u64 {
+    std::env::var("PEERCOMM_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_removed_and_departed_read_nothing_later_and_the_group_survives_its_owner_restarting(
+) -> Result<()> {
+    let mut net = start(8, SimTransport::Tcp).await?;
+    let group = peercomm_sim::groups::form(&net, 1, &[2, 3, 4, 5, 6, 7], 3)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let owner = net.handle(1).clone();
+    // An admin (not the owner) removes node 3: the owner commits it.
+    owner.group_set_admin(group, net.peer_id(2), true).await?;
+    wait_epoch(&net, &[2, 3, 4, 5, 6, 7], group, 3).await?;
+    let change = net.handle(2).group_remove(group, net.peer_id(3)).await?;
+    ensure!(
+        matches!(change, peercomm_node::GroupChange::Requested { .. }),
+        "{change:?}"
+    );
+    // Node 4 leaves by itself (a self-remove proposal to the owner).
+    net.handle(4).group_leave(group).await?;
+    wait_until(Duration::from_secs(60), "two commits at the owner", || {
+        let owner = owner.clone();
+        async move { owner.group(group).await.is_ok_and(|g| g.members == 5) }
+    })
+    .await?;
+    let epoch = owner.group(group).await?.epoch;
+    wait_epoch(&net, &[1, 2, 5, 6, 7], group, epoch).await?;
+    // The removed node learns it; both are out of the member list.
+    let h3 = net.handle(3).clone();
+    wait_until(Duration::from_secs(60), "node 3 removed", || {
+        let h3 = h3.clone();
+        async move {
+            standing(&h3, group)
+                .await
+                .is_some_and(|s| s.0 == GroupState::Removed)
+        }
+    })
+    .await?;
+    let members: Vec<_> = owner
+        .group_members(group)
+        .await?
+        .into_iter()
+        .map(|m| m.peer)
+        .collect();
+    ensure!(!members.contains(&net.peer_id(3)) && !members.contains(&net.peer_id(4)));
+    // A message after the removals reaches the rest, not them.
+    net.handle(5)
+        .group_send(group, b"after removals".to_vec())
+        .await?;
+    wait_body(&net, &[1, 2, 6, 7], group, "after removals").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for gone in [3, 4] {
+        let b = bodies(net.handle(gone), group).await?;
+        ensure!(
+            !b.iter().any(|x| x == "after removals"),
+            "node {gone} read it"
+        );
+        ensure!(net
+            .handle(gone)
+            .group_send(group, b"x".to_vec())
+            .await
+            .is_err());
+    }
+    // The owner restarts: the group (MLS state in SQLite) is still there,
+    // and it still commits and reads.
+    net.stop(1).await?;
+    net.restart(1).await?;
+    let owner = net.handle(1).clone();
+    let g = owner.group(group).await?;
+    ensure!(
+        g.epoch == epoch && g.members == 5 && g.state == GroupState::Active,
+        "{g:?}"
+    );
+    owner
+        .group_rename(group, Some("renamed".into()), None)
+        .await?;
+    wait_epoch(&net, &[1, 2, 5, 6, 7], group, epoch + 1).await?;
+    ensure!(net.handle(7).group(group).await?.name == "renamed");
+    net.handle(6)
+        .group_send(group, b"after restart".to_vec())
+        .await?;
+    wait_body(&net, &[1, 2, 5, 7], group, "after restart").await?;
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_offline_during_messages_and_changes_catch_up_in_order_to_the_current_epoch(
+) -> Result<()> {
+    let mut net = start(16, SimTransport::Tcp).await?;
+    let members: Vec<usize> = (2..16).collect();
+    let group = peercomm_sim::groups::form(&net, 1, &members, 7)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let away: Vec<usize> = (6..16).collect();
+    for &i in &away {
+        net.stop(i).await?;
+    }
+    let online = [1usize, 2, 3, 4, 5];
+    let mut sent = Vec::new();
+    for k in 0..20 {
+        if k == 7 {
+            // A membership change while they are away: node 5 is removed.
+            net.handle(1).group_remove(group, net.peer_id(5)).await?;
+        }
+        if k == 14 {
+            net.handle(1)
+                .group_rename(group, Some("while away".into()), None)
+                .await?;
+        }
+        let from = online[k % 4];
+        let body = format!("message {k}");
+        net.handle(from)
+            .group_send(group, body.clone().into_bytes())
+            .await?;
+        sent.push(body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let epoch = net.handle(1).group(group).await?.epoch;
+    // They stay away a while longer (the senders' deposits settle: some
+    // first went to mailboxes that are among the away nodes and failed over).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for &i in &away {
+        net.restart(i).await?;
+    }
+    wait_epoch(&net, &away, group, epoch).await?;
+    for &i in &away {
+        wait_body(&net, &[i], group, "message 19").await?;
+        let got = bodies(net.handle(i), group).await?;
+        ensure!(got == sent, "node {i}: {got:?}");
+        ensure!(net.handle(i).group(group).await?.name == "while away");
+    }
+    net.shutdown().await;
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! the same data dir and port, and waits for conditions with a deadline.
 //! Every node shares one [`TestClock`], so a test can move time.
 
+pub mod groups;
 pub mod mls_cost;
 pub mod offline;
 pub mod scale;

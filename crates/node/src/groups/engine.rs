@@ -179,8 +179,8 @@ pub(crate) fn create(
 /// A change the owner commits.
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
-    /// Add a peer with this (checked) key package.
-    Add(PeerId, Box<openmls::prelude::KeyPackage>),
+    /// Add peers with these (checked) key packages.
+    Add(Vec<(PeerId, openmls::prelude::KeyPackage)>),
     /// Remove these peers.
     Remove(Vec<PeerId>),
     /// New admins list.
@@ -221,7 +221,10 @@ pub(crate) fn commit(
     let aad = meta_of(&meta).encode_to_vec();
     let tx = c.unchecked_transaction()?;
     let committed = match &change {
-        Change::Add(_, kp) => cx.mls.add(&tx, id, std::slice::from_ref(kp), aad)?,
+        Change::Add(added) => {
+            let kps: Vec<_> = added.iter().map(|(_, kp)| kp.clone()).collect();
+            cx.mls.add(&tx, id, &kps, aad)?
+        }
         Change::Remove(peers) => cx.mls.remove(&tx, id, peers, aad)?,
         Change::Admins(_) | Change::Rename(..) | Change::Pending => {
             cx.mls.commit_pending(&tx, id, aad)?
@@ -250,7 +253,7 @@ pub(crate) fn commit(
     // Implementation notes: the Welcome is queued after the commit is
     // durable; a crash in between leaves the new member without it (the
     // owner can invite it again after removing it).
-    if let (Change::Add(peer, _), Some((welcome, tree))) = (&change, committed.welcome) {
+    if let (Change::Add(added), Some((welcome, tree))) = (&change, committed.welcome) {
         let whole = pb::GroupWelcome {
             group_id: id.as_bytes().to_vec(),
             welcome,
@@ -261,16 +264,18 @@ pub(crate) fn commit(
         let welcome_id: [u8; 16] = rand::random();
         let parts: Vec<&[u8]> = whole.chunks(WELCOME_PART_BYTES).collect();
         let n = parts.len() as u32;
-        for (i, part) in parts.into_iter().enumerate() {
-            let control = pb::GroupControl {
-                control: Some(pb::group_control::Control::Welcome(pb::GroupWelcomePart {
-                    welcome_id: welcome_id.to_vec(),
-                    part: i as u32,
-                    parts: n,
-                    bytes: part.to_vec(),
-                })),
-            };
-            queue_control(store, cx, *peer, control)?;
+        for (peer, _) in added {
+            for (i, part) in parts.iter().enumerate() {
+                let control = pb::GroupControl {
+                    control: Some(pb::group_control::Control::Welcome(pb::GroupWelcomePart {
+                        welcome_id: welcome_id.to_vec(),
+                        part: i as u32,
+                        parts: n,
+                        bytes: part.to_vec(),
+                    })),
+                };
+                queue_control(store, cx, *peer, control)?;
+            }
         }
         effects.outbox = true;
     }
@@ -289,25 +294,31 @@ pub(crate) fn invite(
     store: &mut Store,
     cx: &Cx<'_>,
     id: GroupId,
-    peer: PeerId,
+    peers: &[PeerId],
 ) -> Result<Option<(GroupChange, Effects)>, GroupError> {
     let c = store.connection();
     let g = active(c, id)?;
     if !g.admins.contains(&cx.me()) {
         return Err(GroupError::NotAdmin(id));
     }
-    if gstore::member_ids(c, id)?.contains(&peer) {
-        return Err(GroupError::AlreadyMember { group: id, peer });
+    let members = gstore::member_ids(c, id)?;
+    for peer in peers {
+        if members.contains(peer) || *peer == cx.me() {
+            return Err(GroupError::AlreadyMember {
+                group: id,
+                peer: *peer,
+            });
+        }
     }
-    if g.members >= super::MAX_GROUP_MEMBERS {
+    if g.members + peers.len() > super::MAX_GROUP_MEMBERS {
         return Err(GroupError::Full(id));
-    }
-    if peer == cx.me() {
-        return Err(GroupError::AlreadyMember { group: id, peer });
     }
     if g.owner == cx.me() {
         return Ok(None);
     }
+    let [peer] = peers else {
+        return Err(GroupError::NotOwner(id));
+    };
     request(
         store,
         cx,
@@ -480,6 +491,7 @@ pub(crate) fn send(
     )?
     .unwrap_or(0);
     tx.commit()?;
+    let post_bytes = post.encoded.len();
     let _ = cx.events.send(NodeEvent::GroupMessage {
         group: id,
         seq,
@@ -495,6 +507,7 @@ pub(crate) fn send(
             epoch,
             created_ms: cx.now_ms,
             received_ms: cx.now_ms,
+            post_bytes,
         },
         Effects {
             publish: vec![(id, post.encoded)],
@@ -503,7 +516,28 @@ pub(crate) fn send(
     ))
 }
 
-/// Stores posts that arrived (topic or mailbox) and applies what can be.
+/// Stores posts fetched from a mailbox, to apply once the catch-up ends.
+pub(crate) fn store_posts(
+    store: &mut Store,
+    cx: &Cx<'_>,
+    posts: Vec<GroupPost>,
+) -> Result<(), GroupError> {
+    let c = store.connection();
+    for post in posts {
+        let id = GroupId::from(post.group_id);
+        if gstore::state(c, id)? == Some(GroupState::Active) {
+            gstore::insert_post(
+                c,
+                &super::mailbox::row(&post),
+                PostState::Pending,
+                cx.now_ms,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores posts that arrived on the topic and applies what can be.
 pub(crate) fn receive(
     store: &mut Store,
     cx: &Cx<'_>,

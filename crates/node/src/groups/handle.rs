@@ -43,7 +43,7 @@ pub(crate) enum GroupCommand {
     },
     Invite {
         group: GroupId,
-        peer: PeerId,
+        peers: Vec<PeerId>,
         reply: oneshot::Sender<Result<GroupChange, GroupError>>,
     },
     Join {
@@ -114,8 +114,35 @@ impl NodeHandle {
         group: GroupId,
         peer: PeerId,
     ) -> Result<GroupChange, GroupError> {
-        self.group_command(|reply| GroupCommand::Invite { group, peer, reply })
-            .await
+        self.group_command(|reply| GroupCommand::Invite {
+            group,
+            peers: vec![peer],
+            reply,
+        })
+        .await
+    }
+
+    /// Adds many peers in one commit (the owner only): each one's key
+    /// package comes from the DHT; peers without one are left out (see
+    /// [`NodeHandle::group_members`]); fails with
+    /// [`GroupError::NoKeyPackage`] only when no peer had one.
+    pub async fn group_invite_many(
+        &self,
+        group: GroupId,
+        peers: Vec<PeerId>,
+    ) -> Result<GroupChange, GroupError> {
+        if peers.is_empty() {
+            return Err(GroupError::Invalid("no peers to invite".into()));
+        }
+        if peers.len() > super::MAX_GROUP_MEMBERS {
+            return Err(GroupError::Full(group));
+        }
+        self.group_command(|reply| GroupCommand::Invite {
+            group,
+            peers,
+            reply,
+        })
+        .await
     }
 
     /// Accepts a held invitation: joins from its Welcome, then catches up.

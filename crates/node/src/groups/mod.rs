@@ -196,6 +196,10 @@ pub struct GroupMessage {
     pub created_ms: u64,
     /// When this node got it (Unix ms).
     pub received_ms: u64,
+    /// Size of the post that carried it (MLS ciphertext in its `GroupPost`),
+    /// bytes; known to its sender only (0 otherwise).
+    #[serde(skip)]
+    pub post_bytes: usize,
 }
 
 fn ser_peer<S: serde::Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {

@@ -239,6 +239,7 @@ pub(crate) fn history(
             epoch: r.get(4)?,
             created_ms: r.get(5)?,
             received_ms: r.get(6)?,
+            post_bytes: 0,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -40,16 +40,38 @@ const KEY_PACKAGES_EVERY: Duration = Duration::from_secs(30 * 60);
 const KEY_PACKAGES_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Own posts deposited per pass, at most.
 const DEPOSIT_BATCH: u32 = 32;
-/// Extra mailboxes beyond R asked when some refuse.
-const SPARE_MAILBOXES: usize = 2;
+/// A group's mailbox candidates are the nearest `MAILBOX_SPREAD × R`
+/// peers: a deposit that a mailbox refuses (offline, full) goes to the next
+/// one, and a catch-up asks them all.
+const MAILBOX_SPREAD: usize = 3;
 
 /// Who waits for a key-package lookup.
 #[derive(Debug)]
 struct KeyPackageWait {
-    group: GroupId,
+    batch: u64,
     peer: PeerId,
+}
+
+/// Invites waiting for their key packages, committed together.
+#[derive(Debug)]
+struct InviteBatch {
+    group: GroupId,
+    pending: usize,
+    found: Vec<(PeerId, openmls::prelude::KeyPackage)>,
+    missing: Vec<PeerId>,
     reply: Option<oneshot::Sender<Result<GroupChange, GroupError>>>,
-    found: bool,
+}
+
+/// A post on its way to R group mailboxes.
+#[derive(Debug)]
+struct Deposit {
+    post: Vec<u8>,
+    /// Answers awaited.
+    pending: usize,
+    /// Mailboxes that hold it.
+    accepted: usize,
+    /// Candidates not asked yet, nearest first.
+    spare: Vec<PeerId>,
 }
 
 /// What a group mailbox lookup is for.
@@ -62,8 +84,16 @@ enum Placement {
 /// An outbound group mailbox request.
 #[derive(Debug)]
 enum Outbound {
-    Deposit { post: [u8; 16] },
-    Fetch { group: GroupId, rest: Vec<PeerId> },
+    Deposit {
+        post: [u8; 16],
+    },
+    Fetch {
+        group: GroupId,
+        /// Where every mailbox's fetch starts.
+        start: PostKey,
+        /// Mailboxes still to ask after this one.
+        rest: Vec<PeerId>,
+    },
 }
 
 /// Group state kept by the event loop.
@@ -73,6 +103,8 @@ pub(super) struct GroupsState {
     /// Active groups with their members, as last read.
     members: HashMap<GroupId, Vec<PeerId>>,
     key_package_gets: HashMap<QueryId, KeyPackageWait>,
+    batches: HashMap<u64, InviteBatch>,
+    next_batch: u64,
     key_package_put: Option<QueryId>,
     key_packages_dirty: bool,
     key_packages_at: Option<Instant>,
@@ -82,7 +114,7 @@ pub(super) struct GroupsState {
     lookups: HashMap<QueryId, (GroupId, Placement)>,
     outbound: HashMap<OutboundRequestId, Outbound>,
     /// Own posts being deposited: (answers awaited, accepted).
-    depositing: HashMap<[u8; 16], (usize, usize)>,
+    depositing: HashMap<[u8; 16], Deposit>,
     /// Own posts waiting for their group's mailbox set.
     waiting_deposit: HashMap<GroupId, Vec<Vec<u8>>>,
     /// Groups with a catch-up under way.
@@ -104,6 +136,8 @@ impl GroupsState {
             subscribed: HashSet::new(),
             members: HashMap::new(),
             key_package_gets: HashMap::new(),
+            batches: HashMap::new(),
+            next_batch: 0,
             key_package_put: None,
             key_packages_dirty: true,
             key_packages_at: None,
@@ -151,11 +185,12 @@ pub(super) enum GroupDone {
     Cursor(GroupId, PostKey, Vec<PeerId>),
     /// Control messages were handled.
     Control(Effects),
-    /// A fetched page was applied.
+    /// A fetched page was stored.
     Page {
         group: GroupId,
-        effects: Effects,
+        start: PostKey,
         next: Option<(PostKey, PeerId)>,
+        rest: Vec<PeerId>,
     },
 }
 
@@ -230,11 +265,19 @@ impl EventLoop {
                     let _ = reply.send(r);
                 },
             ),
-            GroupCommand::Invite { group, peer, reply } => {
+            GroupCommand::Invite {
+                group,
+                peers,
+                reply,
+            } => {
                 // The owner fetches the key package first; the reply waits.
                 self.group_background(move |store, cx| {
-                    match engine::invite(store, cx, group, peer) {
-                        Ok(None) => Some(Internal::GroupInvite { group, peer, reply }),
+                    match engine::invite(store, cx, group, &peers) {
+                        Ok(None) => Some(Internal::GroupInvite {
+                            group,
+                            peers,
+                            reply,
+                        }),
                         Ok(Some((change, effects))) => {
                             let _ = reply.send(Ok(change));
                             Some(Internal::Group(GroupDone::Effects(effects)))
@@ -295,37 +338,43 @@ impl EventLoop {
         }
     }
 
-    /// The owner invites `peer`: its key-package record from the DHT.
-    pub(super) fn group_fetch_key_package(
+    /// The owner invites `peers`: their key-package records from the DHT,
+    /// then one commit adding every peer whose key package was found.
+    pub(super) fn group_fetch_key_packages(
         &mut self,
         group: GroupId,
-        peer: PeerId,
+        peers: Vec<PeerId>,
         reply: Option<oneshot::Sender<Result<GroupChange, GroupError>>>,
     ) {
-        let query = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_record(kad::RecordKey::new(&key_packages_key(&peer)));
-        self.groups.key_package_gets.insert(
-            query,
-            KeyPackageWait {
+        let batch = self.groups.next_batch;
+        self.groups.next_batch += 1;
+        self.groups.batches.insert(
+            batch,
+            InviteBatch {
                 group,
-                peer,
+                pending: peers.len(),
+                found: Vec::new(),
+                missing: Vec::new(),
                 reply,
-                found: false,
             },
         );
+        for peer in peers {
+            let query = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_record(kad::RecordKey::new(&key_packages_key(&peer)));
+            self.groups
+                .key_package_gets
+                .insert(query, KeyPackageWait { batch, peer });
+        }
     }
 
     fn on_key_package_record(&mut self, query: QueryId, record: kad::Record) {
         let now = self.now_ms();
-        let Some(wait) = self.groups.key_package_gets.get_mut(&query) else {
+        let Some(wait) = self.groups.key_package_gets.get(&query) else {
             return;
         };
-        if wait.found {
-            return;
-        }
         let Ok(kps) = verify_key_packages(&record.value, now) else {
             bump(&self.shared.stats.records_rejected);
             return;
@@ -347,17 +396,45 @@ impl EventLoop {
         else {
             return;
         };
-        wait.found = true;
-        let Some(wait) = self.groups.key_package_gets.remove(&query) else {
-            return;
-        };
         if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
             q.finish();
         }
-        let group = wait.group;
-        let reply = wait.reply;
+        self.key_package_settled(query, Some(kp));
+    }
+
+    /// One peer of a batch is settled (its key package, or none).
+    fn key_package_settled(&mut self, query: QueryId, kp: Option<openmls::prelude::KeyPackage>) {
+        let Some(wait) = self.groups.key_package_gets.remove(&query) else {
+            return;
+        };
+        let Some(batch) = self.groups.batches.get_mut(&wait.batch) else {
+            return;
+        };
+        match kp {
+            Some(kp) => batch.found.push((wait.peer, kp)),
+            None => batch.missing.push(wait.peer),
+        }
+        batch.pending -= 1;
+        if batch.pending > 0 {
+            return;
+        }
+        let Some(batch) = self.groups.batches.remove(&wait.batch) else {
+            return;
+        };
+        if batch.found.is_empty() {
+            if let (Some(reply), Some(peer)) = (batch.reply, batch.missing.first()) {
+                let _ = reply.send(Err(GroupError::NoKeyPackage(*peer)));
+            }
+            return;
+        }
+        if !batch.missing.is_empty() {
+            tracing::info!(missing = ?batch.missing, "invited without them: no key package in the DHT");
+        }
+        let group = batch.group;
+        let reply = batch.reply;
+        let found = batch.found;
         self.group_work(
-            move |s, cx| engine::commit(s, cx, group, Change::Add(peer, Box::new(kp))),
+            move |s, cx| engine::commit(s, cx, group, Change::Add(found)),
             move |r| {
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
@@ -367,12 +444,8 @@ impl EventLoop {
     }
 
     fn on_key_package_lookup_done(&mut self, query: QueryId) {
-        if let Some(wait) = self.groups.key_package_gets.remove(&query) {
-            if !wait.found {
-                if let Some(reply) = wait.reply {
-                    let _ = reply.send(Err(GroupError::NoKeyPackage(wait.peer)));
-                }
-            }
+        if self.groups.key_package_gets.contains_key(&query) {
+            self.key_package_settled(query, None);
         }
     }
 
@@ -409,7 +482,7 @@ impl EventLoop {
                 set.push(me);
                 let set: Vec<PeerId> = by_distance(&key, set)
                     .into_iter()
-                    .take(r + SPARE_MAILBOXES)
+                    .take(r * MAILBOX_SPREAD)
                     .collect();
                 self.groups.mailboxes.insert(group, (set, Instant::now()));
                 match placement {
@@ -489,18 +562,15 @@ impl EventLoop {
         let r = self.shared.config.mailbox.replicas;
         let mut asked = 0;
         let mut held_here = 0;
-        for mailbox in set.into_iter().take(r) {
+        let mut spare = set;
+        spare.reverse();
+        while asked + held_here < r {
+            let Some(mailbox) = spare.pop() else { break };
             if mailbox == me {
                 held_here += 1;
                 continue;
             }
-            let request_id = self.swarm.behaviour_mut().mailbox.send_request(
-                &mailbox,
-                MailboxRequest::GroupDeposit(post.clone()).encode(),
-            );
-            self.groups
-                .outbound
-                .insert(request_id, Outbound::Deposit { post: id });
+            self.group_deposit_at(mailbox, id, &post);
             asked += 1;
         }
         if held_here > 0 && self.shared.config.has_role(crate::config::Role::Mailbox) {
@@ -526,7 +596,25 @@ impl EventLoop {
             self.group_deposited(id);
             return;
         }
-        self.groups.depositing.insert(id, (asked, held_here));
+        self.groups.depositing.insert(
+            id,
+            Deposit {
+                post,
+                pending: asked,
+                accepted: held_here,
+                spare,
+            },
+        );
+    }
+
+    fn group_deposit_at(&mut self, mailbox: PeerId, id: [u8; 16], post: &[u8]) {
+        let request_id = self.swarm.behaviour_mut().mailbox.send_request(
+            &mailbox,
+            MailboxRequest::GroupDeposit(post.to_vec()).encode(),
+        );
+        self.groups
+            .outbound
+            .insert(request_id, Outbound::Deposit { post: id });
     }
 
     fn group_deposited(&mut self, post: [u8; 16]) {
@@ -571,11 +659,21 @@ impl EventLoop {
         });
     }
 
-    fn group_fetch(&mut self, group: GroupId, after: PostKey, mut mailboxes: Vec<PeerId>) {
+    /// Asks the first of `mailboxes` for the group's posts after `after`;
+    /// the others are asked in turn from `start` (each mailbox holds what
+    /// reached it). Posts are stored as they come and applied, in order,
+    /// once every mailbox was asked.
+    fn group_fetch(
+        &mut self,
+        group: GroupId,
+        start: PostKey,
+        after: PostKey,
+        mut mailboxes: Vec<PeerId>,
+    ) {
         let me = self.shared.peer_id;
         mailboxes.retain(|p| *p != me);
         if mailboxes.is_empty() {
-            self.groups.catching_up.remove(&group);
+            self.group_catch_up_done(group);
             return;
         }
         let mailbox = mailboxes.remove(0);
@@ -593,10 +691,24 @@ impl EventLoop {
             request_id,
             Outbound::Fetch {
                 group,
+                start,
                 rest: mailboxes,
             },
         );
-        let _ = after;
+    }
+
+    /// Every mailbox was asked: apply what came, in order.
+    fn group_catch_up_done(&mut self, group: GroupId) {
+        self.groups.catching_up.remove(&group);
+        self.group_background(move |store, cx| {
+            let mut effects = engine::apply(store, cx, group).unwrap_or_else(|e| {
+                tracing::warn!("group catch-up: {e}");
+                Effects::default()
+            });
+            // A gap left after asking every mailbox waits for the next round.
+            effects.catch_up.retain(|g| *g != group);
+            Some(Internal::Group(GroupDone::Effects(effects)))
+        });
     }
 
     /// The answer to one of our group mailbox requests.
@@ -619,24 +731,35 @@ impl EventLoop {
                         ..
                     }
                 );
-                let Some((pending, accepted)) = self.groups.depositing.get_mut(&post) else {
+                let me = self.shared.peer_id;
+                let Some(d) = self.groups.depositing.get_mut(&post) else {
                     return;
                 };
-                *pending -= 1;
                 if took {
-                    *accepted += 1;
+                    d.accepted += 1;
                 } else {
                     tracing::debug!(%peer, ?response, "group mailbox did not take a post");
+                    // The next candidate in its place.
+                    d.spare.retain(|p| *p != me);
+                    if let Some(next) = d.spare.pop() {
+                        let bytes = d.post.clone();
+                        self.group_deposit_at(next, post, &bytes);
+                        return;
+                    }
                 }
-                if *pending == 0 {
-                    let accepted = *accepted;
+                let Some(d) = self.groups.depositing.get_mut(&post) else {
+                    return;
+                };
+                d.pending -= 1;
+                if d.pending == 0 {
+                    let accepted = d.accepted;
                     self.groups.depositing.remove(&post);
                     if accepted > 0 {
                         self.group_deposited(post);
                     }
                 }
             }
-            Outbound::Fetch { group, rest } => match response {
+            Outbound::Fetch { group, start, rest } => match response {
                 MailboxResponse::GroupPage { posts, more } => {
                     let posts: Vec<GroupPost> = posts
                         .iter()
@@ -650,47 +773,23 @@ impl EventLoop {
                     };
                     bump(&self.shared.stats.group_pages_fetched);
                     self.group_background(move |store, cx| {
-                        let effects = engine::receive(store, cx, posts).unwrap_or_else(|e| {
+                        if let Err(e) = engine::store_posts(store, cx, posts) {
                             tracing::warn!("group catch-up: {e}");
-                            Effects::default()
-                        });
+                        }
                         Some(Internal::Group(GroupDone::Page {
                             group,
-                            effects,
+                            start,
                             next,
+                            rest,
                         }))
                     });
                 }
                 other => {
                     tracing::debug!(%peer, ?other, "group fetch refused; trying the next mailbox");
-                    self.group_catch_up_from(group, rest);
+                    self.group_fetch(group, start, start, rest);
                 }
             },
         }
-    }
-
-    fn group_catch_up_from(&mut self, group: GroupId, rest: Vec<PeerId>) {
-        if rest.is_empty() {
-            self.groups.catching_up.remove(&group);
-            return;
-        }
-        self.background(move |store| {
-            let c = store.connection();
-            let epoch = gstore::info(c, group).map(|g| g.epoch).unwrap_or(0);
-            let key = match gstore::cursor(c, group).ok().flatten() {
-                Some(k) if k.epoch >= epoch => PostKey {
-                    epoch: k.epoch,
-                    commit: k.is_commit,
-                    created_ms: k.created_ms,
-                    post_id: k.post_id,
-                },
-                _ => PostKey {
-                    epoch,
-                    ..PostKey::default()
-                },
-            };
-            Some(Internal::Group(GroupDone::Cursor(group, key, rest)))
-        });
     }
 
     /// A gossipsub event.
@@ -730,6 +829,18 @@ impl EventLoop {
     }
 
     fn group_receive(&mut self, posts: Vec<GroupPost>) {
+        // During a catch-up the posts wait with the fetched ones, and all
+        // are applied in order when it ends.
+        let deferred = posts
+            .iter()
+            .all(|p| self.groups.catching_up.contains(&GroupId::from(p.group_id)));
+        if deferred {
+            self.group_work(
+                move |s, cx| engine::store_posts(s, cx, posts).map(|()| ((), Effects::default())),
+                |_| {},
+            );
+            return;
+        }
         self.group_work(
             move |s, cx| engine::receive(s, cx, posts).map(|e| ((), e)),
             |_| {},
@@ -764,26 +875,22 @@ impl EventLoop {
                 if key.epoch == u64::MAX {
                     self.groups.catching_up.remove(&group);
                 } else {
-                    self.group_fetch(group, key, mailboxes);
+                    self.group_fetch(group, key, key, mailboxes);
                 }
             }
             GroupDone::Page {
                 group,
-                effects,
+                start,
                 next,
-            } => {
-                let gap = effects.catch_up.contains(&group);
-                let mut effects = effects;
-                effects.catch_up.retain(|g| *g != group);
-                self.group_effects(effects);
-                match next {
-                    Some((key, peer)) => self.group_fetch(group, key, vec![peer]),
-                    None => {
-                        self.groups.catching_up.remove(&group);
-                        let _ = gap;
-                    }
+                rest,
+            } => match next {
+                Some((key, peer)) => {
+                    let mut mailboxes = vec![peer];
+                    mailboxes.extend(rest);
+                    self.group_fetch(group, start, key, mailboxes);
                 }
-            }
+                None => self.group_fetch(group, start, start, rest),
+            },
         }
     }
 
@@ -813,7 +920,7 @@ impl EventLoop {
             }
         }
         for (group, peer) in effects.invite {
-            self.group_fetch_key_package(group, peer, None);
+            self.group_fetch_key_packages(group, vec![peer], None);
         }
         if effects.outbox {
             self.due_dirty = true;

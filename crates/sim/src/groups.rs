@@ -1,0 +1,328 @@
+//! A group on a simulated network: every node joins one MLS group (invited
+//! one by one by the owner, key packages from the DHT), then members picked
+//! at random send messages. Measures delivery to every member (exactly
+//! once), the time to the last member, and what a sender uploads per
+//! message against naive fan-out (one copy per member).
+//!
+//! Used by the group tests (`crates/node/tests/groups.rs`), `peercomm bench
+//! groups` and the demo's group row.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use peercomm_node::{GroupError, GroupId, GroupState, NodeEvent, NodeHandle, PeerId};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::scale::Spread;
+use crate::{wait_until, SimError, SimNet, SimOptions, SimTransport, Topology};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Nodes; every one becomes a member.
+    pub nodes: usize,
+    /// Messages, each from a random member.
+    pub messages: usize,
+    /// The transport.
+    pub transport: SimTransport,
+    /// Members invited per commit while the group forms.
+    pub invite_batch: usize,
+    /// Seed for every random choice.
+    pub seed: u64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupReport {
+    /// Members of the group.
+    pub members: usize,
+    /// Messages sent.
+    pub messages: usize,
+    /// Member-message deliveries expected: `messages × (members − 1)`.
+    pub expected: usize,
+    /// Member-message deliveries seen (each member's history holds it).
+    pub delivered: usize,
+    /// Messages some member holds more than once.
+    pub duplicates: usize,
+    /// Seconds to form the group (all invited, all in the last epoch).
+    pub form_secs: f64,
+    /// Time from send to each member having the message, ms.
+    pub latency_ms: Spread,
+    /// Time from send to the last member, per message, ms (p50 and p99 of
+    /// these are "time to the last member").
+    pub last_member_ms: Spread,
+    /// Bytes a sender put on the wire per message: its traffic in the second
+    /// after the send, less its traffic in a quiet second before it.
+    pub upload_bytes: f64,
+    /// The same without subtracting the quiet second (an upper bound).
+    pub upload_bytes_raw: f64,
+    /// Size of one post (the MLS ciphertext in its envelope), bytes.
+    pub post_bytes: f64,
+    /// Naive fan-out: one copy per other member, bytes.
+    pub naive_bytes: f64,
+    /// `upload_bytes / naive_bytes`.
+    pub upload_ratio: f64,
+    /// `upload_bytes / post_bytes`: copies the sender uploaded.
+    pub upload_copies: f64,
+}
+
+impl GroupOptions {
+    /// `nodes` members, `messages` messages, TCP.
+    pub fn new(nodes: usize, messages: usize, seed: u64) -> Self {
+        Self {
+            nodes,
+            messages,
+            transport: SimTransport::Tcp,
+            invite_batch: 10,
+            seed,
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> SimError {
+    SimError::Node {
+        index: 0,
+        reason: e.to_string(),
+    }
+}
+
+/// Waits until every node in `who` is active in `group` at `epoch`.
+pub async fn wait_epoch(
+    net: &SimNet,
+    who: &[usize],
+    group: GroupId,
+    epoch: u64,
+    deadline: Duration,
+) -> Result<(), SimError> {
+    for &i in who {
+        let h = net.handle(i).clone();
+        wait_until(
+            deadline,
+            &format!("node {i} in group epoch {epoch}"),
+            || {
+                let h = h.clone();
+                async move {
+                    h.group(group)
+                        .await
+                        .is_ok_and(|g| g.state == GroupState::Active && g.epoch == epoch)
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Invites `peer`, retrying while its key packages are not in the DHT yet.
+pub async fn invite(h: &NodeHandle, group: GroupId, peer: PeerId) -> Result<(), SimError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match h.group_invite(group, peer).await {
+            Err(GroupError::NoKeyPackage(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(err(e)),
+            Ok(_) => return Ok(()),
+        }
+    }
+}
+
+/// `owner` creates a group and invites `members`, `batch` per commit
+/// (retrying those whose key packages are not in the DHT yet); returns it
+/// once every one of them is in the final epoch.
+pub async fn form(
+    net: &SimNet,
+    owner: usize,
+    members: &[usize],
+    batch: usize,
+) -> Result<GroupId, SimError> {
+    let h = net.handle(owner);
+    let g = h.group_create("sim group", "").await.map_err(err)?;
+    for chunk in members.chunks(batch.max(1)) {
+        let mut left: Vec<PeerId> = chunk.iter().map(|i| net.peer_id(*i)).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !left.is_empty() {
+            match h.group_invite_many(g.id, left.clone()).await {
+                Ok(_) | Err(GroupError::NoKeyPackage(_)) => {}
+                Err(e) => return Err(err(e)),
+            }
+            let now_in: Vec<PeerId> = h
+                .group_members(g.id)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|m| m.peer)
+                .collect();
+            left.retain(|p| !now_in.contains(p));
+            if Instant::now() > deadline {
+                return Err(err(format!("no key packages for {left:?}")));
+            }
+            if !left.is_empty() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let epoch = h.group(g.id).await.map_err(err)?.epoch;
+    let mut all = vec![owner];
+    all.extend_from_slice(members);
+    wait_epoch(net, &all, g.id, epoch, Duration::from_secs(300)).await?;
+    Ok(g.id)
+}
+
+/// Runs the scenario on a fresh network.
+pub async fn group_fanout(opts: &GroupOptions) -> Result<GroupReport, SimError> {
+    let mut options = SimOptions::new(opts.nodes, Topology::Isolated);
+    options.seed = opts.seed;
+    options.bootstrap_via = Some(0);
+    options.transport = opts.transport;
+    let net = SimNet::start(options).await?;
+    let result = run(&net, opts).await;
+    net.shutdown().await;
+    result
+}
+
+async fn run(net: &SimNet, opts: &GroupOptions) -> Result<GroupReport, SimError> {
+    let n = net.len();
+    for i in 0..n {
+        let h = net.handle(i).clone();
+        wait_until(
+            Duration::from_secs(120),
+            &format!("node {i} joined"),
+            || {
+                let h = h.clone();
+                async move {
+                    h.dht_stats().await.is_ok_and(|s| s.joined) && h.stats().dht_publish_ok > 0
+                }
+            },
+        )
+        .await?;
+    }
+    let started = Instant::now();
+    let owner = 1 % n;
+    let members: Vec<usize> = (0..n).filter(|i| *i != owner).collect();
+    let group = form(net, owner, &members, opts.invite_batch).await?;
+    let form_secs = started.elapsed().as_secs_f64();
+    // Let the mesh settle (a few heartbeats) before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Every member records when each message reached it.
+    let seen: Arc<Mutex<HashMap<(usize, i64), Instant>>> = Arc::default();
+    let mut watchers = Vec::new();
+    for i in 0..n {
+        let mut events = net.handle(i).subscribe();
+        let seen = seen.clone();
+        watchers.push(tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                if let NodeEvent::GroupMessage { group: g, seq, .. } = event {
+                    if g == group {
+                        seen.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert((i, seq), Instant::now());
+                    }
+                }
+            }
+        }));
+    }
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut sent = Vec::new();
+    let mut upload = 0u64;
+    let mut raw_upload = 0u64;
+    let mut post_bytes = 0usize;
+    for k in 0..opts.messages {
+        let sender = rng.gen_range(0..n);
+        let body = format!("group message {k} from node {sender}: {}", "x".repeat(120));
+        // What the sender uploads anyway (pings, DHT, gossip control) in
+        // a quiet second, subtracted from the second after its send.
+        let idle_start = net.handle(sender).stats().wire_bytes_out;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = net.handle(sender).stats().wire_bytes_out - idle_start;
+        let before = net.handle(sender).stats().wire_bytes_out;
+        let at = Instant::now();
+        let m = net
+            .handle(sender)
+            .group_send(group, body.clone().into_bytes())
+            .await
+            .map_err(err)?;
+        // The sender's upload for this message: what it sent in the next
+        // second (gossip to its mesh, mailbox deposits, and background).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let window = net.handle(sender).stats().wire_bytes_out - before;
+        upload += window.saturating_sub(idle);
+        raw_upload += window;
+        post_bytes = post_bytes.max(m.post_bytes);
+        sent.push((sender, body, at, m.id));
+    }
+    // Every member must hold every message (its own included): wait on the
+    // events, then check the histories once.
+    let want = opts.messages * n;
+    let expected = opts.messages * (n - 1);
+    let counter = seen.clone();
+    wait_until(
+        Duration::from_secs(180),
+        "every member has every message",
+        || {
+            let counter = counter.clone();
+            async move { counter.lock().unwrap_or_else(|p| p.into_inner()).len() >= want }
+        },
+    )
+    .await?;
+    for w in watchers {
+        w.abort();
+    }
+    // Count deliveries and duplicates; map history seqs to send times.
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut delivered = 0;
+    let mut duplicates = 0;
+    let mut latencies = Vec::new();
+    let mut last = Vec::new();
+    for (sender, body, at, id) in &sent {
+        let mut slowest: f64 = 0.0;
+        for i in 0..n {
+            let hist = net
+                .handle(i)
+                .group_history(group, 0, Some(500))
+                .await
+                .map_err(err)?;
+            let copies: Vec<_> = hist.iter().filter(|m| m.body == body.as_bytes()).collect();
+            if copies.len() > 1 {
+                duplicates += 1;
+            }
+            if i == *sender {
+                continue;
+            }
+            if let Some(m) = copies.first() {
+                delivered += 1;
+                if m.id != *id {
+                    return Err(err(format!("node {i} has another id for a message")));
+                }
+                if let Some(t) = seen.get(&(i, m.seq)) {
+                    let ms = t.saturating_duration_since(*at).as_secs_f64() * 1000.0;
+                    latencies.push(ms);
+                    slowest = slowest.max(ms);
+                }
+            }
+        }
+        last.push(slowest);
+    }
+    let upload_bytes = upload as f64 / opts.messages.max(1) as f64;
+    let naive_bytes = (post_bytes * (n - 1)) as f64;
+    Ok(GroupReport {
+        members: n,
+        messages: opts.messages,
+        expected,
+        delivered,
+        duplicates,
+        form_secs,
+        latency_ms: Spread::of(&latencies),
+        last_member_ms: Spread::of(&last),
+        upload_bytes,
+        upload_bytes_raw: raw_upload as f64 / opts.messages.max(1) as f64,
+        post_bytes: post_bytes as f64,
+        naive_bytes,
+        upload_ratio: upload_bytes / naive_bytes.max(1.0),
+        upload_copies: upload_bytes / (post_bytes as f64).max(1.0),
+    })
+}
