@@ -201,8 +201,11 @@ async fn two_hundred_members_over_memory_upload_far_less_than_naive_fan_out() ->
     );
     ensure!(r.duplicates == 0);
     // Gossip sends a post to the mesh (D = 6) plus R = 4 mailboxes, not to
-    // 199 members: well under a fifth of naive fan-out.
-    ensure!(r.upload_ratio < 0.2, "upload ratio {}", r.upload_ratio);
+    // 199 members. The upload counts every byte the sender put on the wire
+    // (framing, signatures, gossip control) while naive fan-out counts bare
+    // posts, so the bound is loose: under half, where one copy per member
+    // would be 1.0 and more.
+    ensure!(r.upload_ratio < 0.5, "upload ratio {}", r.upload_ratio);
     Ok(())
 }
 
