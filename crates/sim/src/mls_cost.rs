@@ -24,7 +24,7 @@
 // device, so it is not part of `build_ms`.
 //
 // The group configuration is the node's (`crates/node/src/groups/mls.rs`):
-// pure-ciphertext wire format, 16 past epochs kept, and the ratchet tree sent
+// pure-ciphertext wire format, 2 past epochs kept, and the ratchet tree sent
 // beside the Welcome rather than inside it (no ratchet-tree extension). So a
 // joiner receives `welcome_bytes + ratchet_tree_bytes`, the owner's add
 // includes exporting and serializing the tree, and a join includes
@@ -60,7 +60,7 @@ pub const CIPHERSUITE: Ciphersuite =
 pub const MESSAGE_BYTES: usize = 200;
 
 /// Past epochs whose secrets are kept (as the node does).
-pub const MAX_PAST_EPOCHS: usize = 16;
+pub const MAX_PAST_EPOCHS: usize = 2;
 
 /// Out-of-order application messages tolerated per sender (as the node does).
 pub const OUT_OF_ORDER_TOLERANCE: u32 = 64;
