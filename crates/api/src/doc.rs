@@ -65,6 +65,7 @@ const BEARER: &str = "bearer";
         crate::dht::find,
         crate::dht::stats,
         crate::dht::mailbox_stats,
+        crate::bandwidth::bandwidth,
         document,
     ),
     components(schemas(
@@ -77,6 +78,8 @@ const BEARER: &str = "bearer";
         GroupMessageView, GroupHistory, CreateGroupRequest, RenameGroupRequest, InviteRequest,
         GroupSendRequest, GroupMessageEvent, GroupChangedEvent, GroupInvitedEvent,
         crate::dht::PeerRecordView, crate::dht::DhtStatsView, crate::dht::MailboxStatsView,
+        crate::bandwidth::BandwidthView, crate::bandwidth::BytesView,
+        crate::bandwidth::LinkView, crate::bandwidth::BandwidthConfigView,
     )),
     modifiers(&BearerScheme),
     security(("bearer" = [])),

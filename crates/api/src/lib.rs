@@ -18,6 +18,7 @@
 //! ```
 
 mod auth;
+mod bandwidth;
 mod dht;
 mod doc;
 mod error;
@@ -133,6 +134,7 @@ pub fn router(node: NodeHandle, config: ApiConfig) -> Router {
         .route("/v1/dht/peers/{id}", get(dht::find))
         .route("/v1/dht/stats", get(dht::stats))
         .route("/v1/mailbox/stats", get(dht::mailbox_stats))
+        .route("/v1/bandwidth", get(bandwidth::bandwidth))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(doc::document))
         .route_layer(axum::middleware::from_fn_with_state(

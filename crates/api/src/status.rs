@@ -171,6 +171,18 @@ pub(crate) struct Stats {
     pub(crate) group_posts_rejected: u64,
     /// Pages of group posts fetched from group mailboxes (catch-up).
     pub(crate) group_pages_fetched: u64,
+    /// Batch requests sent (several messages to one peer in one request).
+    pub(crate) batches_sent: u64,
+    /// Messages left for a later round because their peer's queue was full.
+    pub(crate) queue_full: u64,
+    /// Ephemeral messages (typing, presence) dropped: congested link or stale.
+    pub(crate) ephemeral_shed: u64,
+    /// Bodies sealed compressed with the shipped dictionary.
+    pub(crate) sealed_dictionary: u64,
+    /// Bodies sealed compressed with plain zstd.
+    pub(crate) sealed_zstd: u64,
+    /// Bodies sealed uncompressed (short, incompressible, or compression off).
+    pub(crate) sealed_uncompressed: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -246,6 +258,12 @@ impl From<StatsSnapshot> for Stats {
             group_posts_received,
             group_posts_rejected,
             group_pages_fetched,
+            batches_sent,
+            queue_full,
+            ephemeral_shed,
+            sealed_dictionary,
+            sealed_zstd,
+            sealed_uncompressed,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -314,6 +332,12 @@ impl From<StatsSnapshot> for Stats {
             group_posts_received,
             group_posts_rejected,
             group_pages_fetched,
+            batches_sent,
+            queue_full,
+            ephemeral_shed,
+            sealed_dictionary,
+            sealed_zstd,
+            sealed_uncompressed,
             wire_bytes_in,
             wire_bytes_out,
         }

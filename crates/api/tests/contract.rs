@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/dht/stats"),
     ("GET", "/v1/mailbox/stats"),
+    ("GET", "/v1/bandwidth"),
     (
         "GET",
         "/v1/dht/peers/12D3KooWLtmqXKzwzG8RYQS7Nk8y4UvYdxDtczwhHsE2PNYU4Pad",

@@ -107,6 +107,7 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
     ),
     ("/v1/dht/stats", "get", &["200", "401", "500", "503"]),
     ("/v1/mailbox/stats", "get", &["200", "401", "500", "503"]),
+    ("/v1/bandwidth", "get", &["200", "401", "503"]),
     ("/v1/openapi.json", "get", &["200", "401"]),
 ];
 

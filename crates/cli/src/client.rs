@@ -477,6 +477,87 @@ pub(crate) async fn mailbox_stats(data_dir: &Path, json: bool) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+pub(crate) async fn bandwidth_stats(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let api = api_try!(data_dir, Api::locate(data_dir));
+    let s = api_try!(data_dir, api.get("/v1/bandwidth").await);
+    if json {
+        print_json(&s);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1024.0;
+    println!(
+        "total          {:.1} KiB in, {:.1} KiB out",
+        kib(&s["total_in"]),
+        kib(&s["total_out"])
+    );
+    let c = &s["config"];
+    let on: Vec<&str> = [
+        "compression",
+        "priorities",
+        "batching",
+        "adaptive_retry",
+        "gossip_tuning",
+        "idle_tuning",
+    ]
+    .into_iter()
+    .filter(|k| c["adaptive"] == true && c[*k] == true)
+    .collect();
+    println!(
+        "adaptation     {}",
+        if on.is_empty() {
+            "off".to_string()
+        } else {
+            on.join(", ")
+        }
+    );
+    if c["budget_bytes_per_sec"].as_u64().unwrap_or(0) > 0 {
+        println!("budget         {} B/s up", c["budget_bytes_per_sec"]);
+    }
+    println!(
+        "sealed         {} with the dictionary, {} zstd, {} uncompressed",
+        s["sealed_dictionary"], s["sealed_zstd"], s["sealed_uncompressed"]
+    );
+    println!(
+        "batches sent   {}, ephemeral shed {}",
+        s["batches_sent"], s["ephemeral_shed"]
+    );
+    let table = |title: &str, rows: &Value, limit: usize| {
+        println!("{title:<52} {:>10} {:>10}", "KiB in", "KiB out");
+        for r in rows.as_array().into_iter().flatten().take(limit) {
+            println!(
+                "  {:<50} {:>10.1} {:>10.1}",
+                r["name"].as_str().unwrap_or("?"),
+                kib(&r["bytes_in"]),
+                kib(&r["bytes_out"])
+            );
+        }
+    };
+    table("by class", &s["classes"], usize::MAX);
+    table("by protocol", &s["protocols"], usize::MAX);
+    table("by peer (busiest 20)", &s["peers"], 20);
+    let links = s["links"].as_array().map_or(&[][..], Vec::as_slice);
+    if !links.is_empty() {
+        println!(
+            "{:<54} {:>6} {:>9} {:>6} {:>8}  state",
+            "links", "queued", "in flight", "window", "rtt ms"
+        );
+        for l in links.iter().take(20) {
+            println!(
+                "  {:<52} {:>6} {:>9} {:>6} {:>8}  {}",
+                l["peer"].as_str().unwrap_or("?"),
+                l["queued"],
+                l["in_flight"],
+                l["window"],
+                l["rtt_ms"]
+                    .as_f64()
+                    .map_or("-".to_string(), |v| format!("{v:.0}")),
+                l["state"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) async fn inbox(
     data_dir: &Path,
     args: &InboxArgs,

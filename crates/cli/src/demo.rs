@@ -169,6 +169,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .await
             .context("the 50-member group")?
     };
+    // Bandwidth adaptation, short form: the same seeded workload with
+    // adaptation off and then on, each on a network of its own.
+    let bandwidth = {
+        let opts =
+            peercomm_sim::bandwidth::BandwidthOptions::quick(peercomm_sim::bandwidth::DEFAULT_SEED);
+        peercomm_sim::bandwidth::bandwidth(&opts, &mut |line| eprintln!("  bandwidth {line}"))
+            .await
+            .context("the bandwidth runs")?
+    };
     let duplicates_delivered = received.values().filter(|n| **n > 1).count();
     let retransmits_deduplicated: u64 = stats.iter().map(|s| s.duplicates).sum();
     let rejected: u64 = stats.iter().map(|s| s.rejected_total()).sum();
@@ -283,6 +292,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "group: sender upload / naive",
         format!("{:.3}", group.upload_ratio),
     );
+    let kib = |m: peercomm_sim::bandwidth::Mechanism| {
+        bandwidth
+            .runs
+            .iter()
+            .find(|r| r.mechanism == m)
+            .map_or(0.0, |r| r.bytes_total as f64 / 1024.0)
+    };
+    row(
+        "bandwidth: less traffic, adapted",
+        format!(
+            "{:.0}% (off {:.0} KiB -> on {:.0} KiB), lost {}",
+            bandwidth.reduction_percent,
+            kib(peercomm_sim::bandwidth::Mechanism::Off),
+            kib(peercomm_sim::bandwidth::Mechanism::All),
+            bandwidth.lost
+        ),
+    );
     row("bytes on the wire (TCP, out)", wire.to_string());
     row(
         "bytes on the wire per message",
@@ -325,6 +351,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             group.delivered,
             group.expected,
             group.duplicates
+        );
+    }
+    if bandwidth.lost > 0 {
+        bail!(
+            "bandwidth: {} non-ephemeral message(s) lost with adaptation off or on",
+            bandwidth.lost
         );
     }
     if lost > 0 || duplicates_delivered > 0 || arrived_once != args.messages {

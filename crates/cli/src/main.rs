@@ -66,6 +66,11 @@ enum BenchKind {
     /// MLS group cost: build, add a member, commit, process, join, encrypt
     /// and decrypt at each group size (OpenMLS, no network).
     Mls(bench::MlsBenchArgs),
+    /// Bandwidth adaptation: one seeded chat workload (1:1 and group chat,
+    /// typing, presence, files, members going offline, a phone on a slow
+    /// link) played with adaptation off, each mechanism alone and all on;
+    /// bytes on the wire, delivery, latency under congestion.
+    Bandwidth(bench::BandwidthBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +117,12 @@ enum Command {
         #[command(subcommand)]
         action: MailboxAction,
     },
+    /// Node figures: `stats bandwidth` shows bytes on the wire by peer,
+    /// protocol and priority class, and each peer link's congestion state.
+    Stats {
+        #[command(subcommand)]
+        what: StatsKind,
+    },
     /// Print a shell completion script: `peercomm completions bash > /etc/bash_completion.d/peercomm`.
     Completions {
         /// The shell.
@@ -139,6 +150,14 @@ enum DhtAction {
     },
     /// Routing table fill, records held, lookups and their cost.
     Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum StatsKind {
+    /// Bytes in and out (counted at the transport: handshakes and framing
+    /// included) by peer, protocol and priority class; queues and
+    /// congestion per peer; compression, batching and shedding counts.
+    Bandwidth,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +267,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => bench::mls(args.clone(), json)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            kind: BenchKind::Bandwidth(args),
+        } => bench::bandwidth(args.clone(), json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Init => daemon::init(&data_dir(&cli)?, json),
         Command::Run(args) => daemon::run(&data_dir(&cli)?, args.clone()).await,
         Command::Id => daemon::id(&data_dir(&cli)?, json),
@@ -266,6 +290,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Message { id } => client::message(&data_dir(&cli)?, id, json).await,
         Command::Group { action } => group::run(&data_dir(&cli)?, action, json).await,
+        Command::Stats {
+            what: StatsKind::Bandwidth,
+        } => client::bandwidth_stats(&data_dir(&cli)?, json).await,
         Command::Mailbox { action } => match action {
             MailboxAction::Stats => client::mailbox_stats(&data_dir(&cli)?, json).await,
         },

@@ -248,6 +248,20 @@ fn quickstart_two_daemons_send_and_read_with_the_cli() -> Result<()> {
     ensure!(stats["routing_table_peers"].as_u64() >= Some(1), "{stats}");
     let mailbox = json_of(&peercomm(&p.alice_dir, &["mailbox", "stats", "--json"]))?;
     ensure!(mailbox["items"].as_u64() == Some(0), "{mailbox}");
+    // Bandwidth: bytes to bob counted at the transport, in JSON and text.
+    let bw = json_of(&peercomm(&p.alice_dir, &["stats", "bandwidth", "--json"]))?;
+    ensure!(
+        bw["peers"].as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|r| r["name"] == p.bob_id.as_str() && r["bytes_out"].as_u64() > Some(0))),
+        "{bw}"
+    );
+    let text = peercomm(&p.alice_dir, &["stats", "bandwidth"]);
+    ensure!(
+        text.status.success() && String::from_utf8_lossy(&text.stdout).contains("by protocol"),
+        "stats bandwidth: {}",
+        String::from_utf8_lossy(&text.stderr)
+    );
 
     // Send without waiting prints {id, state}; the route asked for is stored.
     let queued = json_of(&peercomm(

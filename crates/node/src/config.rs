@@ -20,6 +20,9 @@ pub const ENV_PREFIX: &str = "PEERCOMM_";
 /// (they are read by the binary before the configuration is loaded).
 const ENV_NOT_CONFIG: &[&str] = &["data_dir", "log", "log_format", "api_token"];
 
+/// Messages one batched request may carry, at most.
+pub const MAX_BATCH_MESSAGES: usize = 64;
+
 /// Everything a node can be configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +54,100 @@ pub struct Config {
     pub mailbox: MailboxConfig,
     /// MLS groups: multicast mesh, catch-up, key packages.
     pub groups: GroupsConfig,
+    /// Bandwidth adaptation: compression, priorities, congestion control,
+    /// batching, adaptive retry, idle tuning.
+    pub bandwidth: BandwidthConfig,
+}
+
+/// Bandwidth adaptation. `adaptive = false` turns every mechanism off (the
+/// baseline `peercomm bench bandwidth` compares with); otherwise each can be
+/// turned off on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BandwidthConfig {
+    /// Master switch for every mechanism below.
+    pub adaptive: bool,
+    /// zstd before sealing, with the shipped dictionary when the recipient
+    /// has it, skipped when it does not pay.
+    pub compression: bool,
+    /// Per-peer priority queues and congestion control: higher classes
+    /// first, ephemeral traffic shed and bulk deferred while congested.
+    pub priorities: bool,
+    /// Several messages per request to a peer, their receipts in one answer
+    /// (what is queued for a peer when a request slot frees leaves together).
+    pub batching: bool,
+    /// Retry by what is known of the peer (online history, mailbox state,
+    /// round trip) rather than one fixed schedule.
+    pub adaptive_retry: bool,
+    /// Gossip without waste: IHAVE to D_lazy peers only, IDONTWANT.
+    pub gossip_tuning: bool,
+    /// Stretch keepalives, DHT refresh and group catch-up polling when
+    /// nothing needs them.
+    pub idle_tuning: bool,
+    /// Upload budget in bytes per second (0 = none), everything the node
+    /// sends counted at the transport: once spent, the node defers bulk
+    /// messages and sheds ephemeral ones until it recovers; control,
+    /// interactive and group traffic always go. Holds even with
+    /// `adaptive = false`.
+    pub budget_bytes_per_sec: u64,
+    /// Messages per request, at most.
+    pub max_batch: usize,
+}
+
+impl Default for BandwidthConfig {
+    fn default() -> Self {
+        Self {
+            adaptive: true,
+            compression: true,
+            priorities: true,
+            batching: true,
+            adaptive_retry: true,
+            gossip_tuning: true,
+            idle_tuning: true,
+            budget_bytes_per_sec: 0,
+            max_batch: 32,
+        }
+    }
+}
+
+impl BandwidthConfig {
+    /// Every mechanism off: the node as it was before adaptation.
+    pub fn off() -> Self {
+        Self {
+            adaptive: false,
+            ..Self::default()
+        }
+    }
+
+    /// Compression is on.
+    pub fn compression_on(&self) -> bool {
+        self.adaptive && self.compression
+    }
+    /// Priority scheduling and congestion control are on.
+    pub fn priorities_on(&self) -> bool {
+        self.adaptive && self.priorities
+    }
+    /// Batching is on.
+    pub fn batching_on(&self) -> bool {
+        self.adaptive && self.batching
+    }
+    /// Adaptive retry is on.
+    pub fn adaptive_retry_on(&self) -> bool {
+        self.adaptive && self.adaptive_retry
+    }
+    /// Gossip tuning is on.
+    pub fn gossip_tuning_on(&self) -> bool {
+        self.adaptive && self.gossip_tuning
+    }
+    /// Idle tuning is on.
+    pub fn idle_tuning_on(&self) -> bool {
+        self.adaptive && self.idle_tuning
+    }
+    /// An upload budget is set. It is the user's limit, so it holds even
+    /// with `adaptive = false`.
+    pub fn budget_on(&self) -> bool {
+        self.budget_bytes_per_sec > 0
+    }
 }
 
 /// Groups (MLS over gossipsub, with catch-up from group mailboxes).
@@ -464,6 +561,9 @@ pub struct NetworkConfig {
     /// forward, a public address in front of NAT): announced in our peer
     /// record beside the listen addresses and those peers confirm.
     pub external_addrs: Vec<Multiaddr>,
+    /// Throttle this node's link to this many bytes per second each way
+    /// (0 = no limit): simulates a slow or congested access link.
+    pub link_rate_bytes_per_sec: u64,
 }
 
 impl Default for Config {
@@ -487,6 +587,7 @@ impl Default for Config {
             onion: OnionConfig::default(),
             mailbox: MailboxConfig::default(),
             groups: GroupsConfig::default(),
+            bandwidth: BandwidthConfig::default(),
         }
     }
 }
@@ -516,6 +617,7 @@ impl Default for NetworkConfig {
             max_concurrent_streams: 128,
             record_ttl: Duration::from_secs(24 * 3600),
             external_addrs: Vec::new(),
+            link_rate_bytes_per_sec: 0,
         }
     }
 }
@@ -796,6 +898,22 @@ impl Config {
                 });
             }
         }
+        let b = &self.bandwidth;
+        if !(1..=MAX_BATCH_MESSAGES).contains(&b.max_batch) {
+            return Err(ConfigError::Value {
+                key: "bandwidth.max_batch",
+                problem: format!(
+                    "{} is out of range; expected 1 to {MAX_BATCH_MESSAGES}",
+                    b.max_batch
+                ),
+            });
+        }
+        if b.budget_bytes_per_sec != 0 && b.budget_bytes_per_sec < 1024 {
+            return Err(ConfigError::Value {
+                key: "bandwidth.budget_bytes_per_sec",
+                problem: "expected 0 (no budget) or at least 1024".into(),
+            });
+        }
         let n = &self.network;
         if n.ping_interval < Duration::from_secs(1) {
             return Err(ConfigError::Value {
@@ -923,6 +1041,17 @@ catch_up_page = {gcp}
 retention = "{grt}"                  # how long group mailboxes keep posts
 max_posts_per_group = {gmp}
 key_packages = {gkp}                    # single-use MLS key packages published in the DHT
+
+[bandwidth]
+adaptive = {bad}                    # false turns every mechanism below off
+compression = {bco}                 # zstd (+ shipped dictionary) before sealing
+priorities = {bpr}                  # priority queues per peer, congestion control
+batching = {bba}                    # several messages per request, receipts together
+adaptive_retry = {bar}              # retry by what is known of the peer
+gossip_tuning = {bgt}               # IHAVE to D_lazy peers only, IDONTWANT
+idle_tuning = {bit}                 # stretch keepalives, DHT refresh, catch-up polls when idle
+budget_bytes_per_sec = {bbu}           # upload budget (0 = none)
+max_batch = {bmb}                     # messages per request
 "#,
         listen = d
             .listen
@@ -930,6 +1059,15 @@ key_packages = {gkp}                    # single-use MLS key packages published 
             .map(|a| format!("\"{a}\""))
             .collect::<Vec<_>>()
             .join(", "),
+        bad = d.bandwidth.adaptive,
+        bco = d.bandwidth.compression,
+        bpr = d.bandwidth.priorities,
+        bba = d.bandwidth.batching,
+        bar = d.bandwidth.adaptive_retry,
+        bgt = d.bandwidth.gossip_tuning,
+        bit = d.bandwidth.idle_tuning,
+        bbu = d.bandwidth.budget_bytes_per_sec,
+        bmb = d.bandwidth.max_batch,
         rb = humantime::format_duration(d.delivery.retry_base),
         rf = d.delivery.retry_factor,
         rc = humantime::format_duration(d.delivery.retry_cap),

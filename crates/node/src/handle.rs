@@ -42,6 +42,7 @@ pub(crate) enum Command {
     FindPeer(PeerId, oneshot::Sender<Result<PeerRecord, FindError>>),
     /// DHT figures.
     DhtStats(oneshot::Sender<DhtStats>),
+    Bandwidth(oneshot::Sender<crate::bandwidth::BandwidthReport>),
     /// The route cache.
     Routes(oneshot::Sender<Vec<crate::routing::RouteInfo>>),
     /// Refuse (`true`) or allow again (`false`) connections with a peer.
@@ -95,6 +96,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Mutex<Store>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) wire: Arc<WireCounters>,
+    pub(crate) meter: Arc<crate::bandwidth::meter::Meter>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
@@ -120,6 +122,10 @@ pub struct SendOptions {
     /// [`OutgoingMessage::route`]; [`Route::Auto`] (the node chooses) when `None`.
     pub route: Option<Route>,
 }
+
+/// Longest lifetime of an ephemeral message (typing, presence): it is
+/// dropped, not delivered late.
+pub const EPHEMERAL_MAX_TTL: Duration = Duration::from_secs(30);
 
 /// Why a message was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -294,7 +300,11 @@ impl NodeHandle {
             });
         }
         let delivery = &self.shared.config.delivery;
-        let ttl = options.ttl.unwrap_or(delivery.default_ttl);
+        let mut ttl = options.ttl.unwrap_or(delivery.default_ttl);
+        if options.priority == Some(Priority::Ephemeral) {
+            // Typing and presence signals are worthless once stale.
+            ttl = ttl.min(EPHEMERAL_MAX_TTL);
+        }
         if ttl.is_zero() {
             return Err(SendError::TtlZero);
         }
@@ -432,6 +442,9 @@ impl NodeHandle {
             out.clear();
         }
         self.stats().encode_prometheus(&mut out);
+        let meter = self.shared.meter.snapshot();
+        let classes = crate::bandwidth::report::classes(&meter, &self.shared.stats.class_bytes());
+        crate::bandwidth::report::encode_prometheus(&meter, &classes, &mut out);
         out.push_str("# EOF\n");
         out
     }
@@ -472,6 +485,14 @@ impl NodeHandle {
     pub async fn dht_stats(&self) -> Result<DhtStats, QueryError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::DhtStats(tx)).await?;
+        rx.await.map_err(|_| QueryError::NodeStopped)
+    }
+
+    /// Bytes on the wire by peer, protocol and priority class, each peer
+    /// link's queue and congestion state, and what adaptation did.
+    pub async fn bandwidth(&self) -> Result<crate::bandwidth::BandwidthReport, QueryError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Bandwidth(tx)).await?;
         rx.await.map_err(|_| QueryError::NodeStopped)
     }
 

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bandwidth;
 pub mod clock;
 pub mod config;
 pub mod delivery;
@@ -36,15 +37,15 @@ mod transport;
 
 pub use clock::{Clock, SystemClock, TestClock};
 pub use config::{
-    ApiSettings, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode, GroupsConfig,
-    MailboxConfig, OnionConfig, Role, RoutingConfig,
+    ApiSettings, BandwidthConfig, Config, ConfigError, ConfigOverrides, DhtConfig, DhtMode,
+    GroupsConfig, MailboxConfig, OnionConfig, Role, RoutingConfig,
 };
 pub use groups::{
     GroupChange, GroupError, GroupId, GroupInfo, GroupMember, GroupMessage, GroupState,
 };
 pub use handle::{
     ConnectedPeer, DialError, FindError, InboxQuery, NodeHandle, OnionStatus, QueryError,
-    SendError, SendOptions, Status, MAX_PAGE,
+    SendError, SendOptions, Status, EPHEMERAL_MAX_TTL, MAX_PAGE,
 };
 pub use identity::{Identity, IdentityError};
 pub use libp2p::{Multiaddr, PeerId};

@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::core::{upgrade, ConnectedPoint, Transport};
+use libp2p::core::ConnectedPoint;
 use libp2p::kad::{self, store::RecordStore as _, QueryId};
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{allow_block_list, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{allow_block_list, identify, noise, ping, Multiaddr, PeerId, Swarm};
 use peercomm_store::{
     AttemptUpdate, DeliveryState, NewIncoming, PeerRow, ReceiptRow, Route, Store, UpsertOutcome,
 };
@@ -42,17 +42,19 @@ use crate::handle::FindError;
 use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
 use crate::identity::{Identity, IdentityError};
 use crate::mailbox::MAILBOX_PROTOCOL;
-use crate::msg::{FrameCodec, MSG_PROTOCOL, RECORD_PROTOCOL};
+use crate::msg::{FrameCodec, MSG_BATCH_PROTOCOL, MSG_PROTOCOL, RECORD_PROTOCOL};
 use crate::observed::ObservedAddrs;
 use crate::onion::ONION_PROTOCOL;
 use crate::routing::{Router, ROUTE_PROTOCOL};
 use crate::stats::{bump, Stats};
 
+mod bandwidth;
 mod groups;
 mod mailbox;
 mod onion;
 mod route;
-use crate::transport::{Counted, WireCounters};
+use crate::bandwidth::meter::Meter;
+use crate::transport::{self, Throttle, WireCounters};
 use crate::NodeEvent;
 
 /// Name of the database file inside the data dir.
@@ -75,6 +77,11 @@ const MAX_TOLD_PEERS: usize = 10_000;
 const MAX_TOLD_ADDRS_PER_PEER: usize = 8;
 /// How long a graceful shutdown waits for work in flight.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Gossip posts at least this big get a gossipsub IDONTWANT from each
+/// member that has them (an IDONTWANT costs about 30 bytes on the wire).
+const IDONTWANT_FROM_BYTES: usize = 200;
+/// With idle tuning, pings are this many times rarer than `network.ping_interval`.
+const IDLE_PING_FACTOR: u32 = 4;
 
 /// What a node needs to start.
 #[derive(Debug, Clone)]
@@ -146,6 +153,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     msg: request_response::Behaviour<FrameCodec>,
+    msg_batch: request_response::Behaviour<FrameCodec>,
     record: request_response::Behaviour<FrameCodec>,
     route: request_response::Behaviour<FrameCodec>,
     onion: request_response::Behaviour<FrameCodec>,
@@ -173,6 +181,8 @@ struct Attempt {
     route: Route,
     /// Which attempt this is (1 for the first).
     attempt: u32,
+    /// Its priority class.
+    priority: peercomm_wire::Priority,
     /// The sealed envelope, or `None` while we lack the recipient's box key.
     envelope: Option<Vec<u8>>,
     addrs: Vec<Multiaddr>,
@@ -191,6 +201,10 @@ enum Internal {
         next_due_ms: u64,
     },
     Respond {
+        token: u64,
+        response: Vec<u8>,
+    },
+    RespondBatch {
         token: u64,
         response: Vec<u8>,
     },
@@ -280,6 +294,7 @@ impl Node {
                 })?
         };
         let wire = Arc::new(WireCounters::default());
+        let meter = Arc::new(Meter::new());
         let stats = Arc::new(Stats::default());
         let mut registry = Registry::default();
         let mut store = store;
@@ -300,6 +315,7 @@ impl Node {
             &identity,
             &options.config,
             wire.clone(),
+            meter.clone(),
             stats.clone(),
             &mut registry,
             kad_store,
@@ -367,6 +383,7 @@ impl Node {
             store,
             stats,
             wire,
+            meter,
             events,
             config: options.config.clone(),
             clock: options.clock.clone(),
@@ -395,6 +412,8 @@ impl Node {
             record_signed_ms: 0,
             in_flight: HashMap::new(),
             in_flight_ids: HashSet::new(),
+            batch_responses: HashMap::new(),
+            bw: bandwidth::BandwidthState::new(),
             responses: HashMap::new(),
             next_token: 0,
             background: 0,
@@ -448,6 +467,7 @@ fn build_swarm(
     identity: &Identity,
     config: &Config,
     wire: Arc<WireCounters>,
+    meter: Arc<Meter>,
     stats: Arc<Stats>,
     registry: &mut Registry,
     kad_store: PersistentStore,
@@ -472,40 +492,42 @@ fn build_swarm(
         // We re-publish our own record ourselves (signed anew, new sequence).
         .set_publication_interval(None);
     let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
+    let boxed = |e: noise::Error| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) };
+    // One bucket for all connections: the node's access link.
+    let throttle = Throttle::for_link(config.network.link_rate_bytes_per_sec);
     let net = config.network.clone();
     let routing = config.routing.clone();
     let groups = config.groups.clone();
+    let gossip_tuning = config.bandwidth.gossip_tuning_on();
+    let batch_support = if config.bandwidth.batching_on() {
+        ProtocolSupport::Full
+    } else {
+        ProtocolSupport::Outbound
+    };
+    // Keepalive probes: every message answered is a round-trip sample
+    // already, so with idle tuning pings are a fallback, 4× rarer.
+    let ping_interval = if config.bandwidth.idle_tuning_on() {
+        config
+            .network
+            .ping_interval
+            .saturating_mul(IDLE_PING_FACTOR)
+    } else {
+        config.network.ping_interval
+    };
     // A node answers a packet once every later hop has: its wait covers them.
     let onion_timeout = config.onion.hop_timeout.saturating_mul(6);
     let codec = FrameCodec::counting(stats.clone());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair().clone())
         .with_tokio()
-        .with_quic()
+        .with_other_transport(|key| transport::quic(key, meter.clone()))
+        .map_err(|e| transport_err(&e))?
         .with_other_transport(|key| {
-            let noise = noise::Config::new(key)?;
-            let counters = wire.clone();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                    .map(move |stream, _| Counted::new(stream, counters.clone()))
-                    .upgrade(upgrade::Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .timeout(Duration::from_secs(20)),
-            )
+            transport::tcp(key, wire.clone(), meter.clone(), throttle.clone()).map_err(boxed)
         })
         .map_err(|e| transport_err(&e))?
         // In-process networks (`/memory/<port>`): simulations of thousands of nodes.
         .with_other_transport(|key| {
-            let noise = noise::Config::new(key)?;
-            let counters = wire.clone();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                libp2p::core::transport::MemoryTransport::default()
-                    .map(move |stream, _| Counted::new(stream, counters.clone()))
-                    .upgrade(upgrade::Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .timeout(Duration::from_secs(20)),
-            )
+            transport::memory(key, wire.clone(), meter.clone(), throttle.clone()).map_err(boxed)
         })
         .map_err(|e| transport_err(&e))?
         .with_dns()
@@ -524,10 +546,17 @@ fn build_swarm(
                     AGENT_PROTOCOL.to_string(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(net.ping_interval)),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
                 msg: request_response::Behaviour::with_codec(
                     codec.clone(),
                     [(MSG_PROTOCOL, ProtocolSupport::Full)],
+                    rr_config.clone(),
+                ),
+                msg_batch: request_response::Behaviour::with_codec(
+                    codec.clone(),
+                    // Offered only with batching on; a node with it off
+                    // gets single requests.
+                    [(MSG_BATCH_PROTOCOL, batch_support)],
                     rr_config.clone(),
                 ),
                 record: request_response::Behaviour::with_codec(
@@ -554,7 +583,21 @@ fn build_swarm(
                 ),
                 gossipsub: {
                     let g = &groups;
-                    let config = libp2p::gossipsub::ConfigBuilder::default()
+                    let mut builder = libp2p::gossipsub::ConfigBuilder::default();
+                    if gossip_tuning {
+                        // IHAVE goes to D_lazy peers, never a quarter of
+                        // every subscribed peer we know: a sender connected
+                        // to hundreds of members (a bootstrap node, the
+                        // owner) would otherwise answer hundreds of IWANTs.
+                        // Gossipsub 1.2 IDONTWANT: tell mesh peers not to
+                        // send a post we already have (ours included) once
+                        // it is bigger than the control message.
+                        builder
+                            .gossip_factor(0.0)
+                            .idontwant_on_publish(true)
+                            .idontwant_message_size_threshold(IDONTWANT_FROM_BYTES);
+                    }
+                    let config = builder
                         .mesh_n(g.mesh_n)
                         .mesh_n_low(g.mesh_n_low)
                         .mesh_n_high(g.mesh_n_high)
@@ -623,6 +666,10 @@ struct EventLoop {
     in_flight_ids: HashSet<MessageId>,
     /// Inbound requests whose response is being prepared in the background.
     responses: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    /// The same for batch requests.
+    batch_responses: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    /// Per-peer queues, congestion control, batching, presence.
+    bw: bandwidth::BandwidthState,
     next_token: u64,
     /// Background tasks not yet settled.
     background: usize,
@@ -823,6 +870,13 @@ impl EventLoop {
                 .map(|r| r.as_str().to_string())
                 .collect(),
             onion: Some(self.onion.record_key()),
+            // Dictionaries we want to receive with (we open every one we
+            // have regardless).
+            dictionaries: if self.shared.config.bandwidth.compression_on() {
+                peercomm_wire::SUPPORTED_DICTIONARIES.to_vec()
+            } else {
+                Vec::new()
+            },
         };
         match record.sign(self.identity.keypair()) {
             Ok(bytes) => {
@@ -973,6 +1027,7 @@ impl EventLoop {
             self.due_dirty = true;
         }
         self.dht_tick();
+        self.bw_tick();
         self.onion_tick();
         self.mailbox_tick();
         self.groups_tick();
@@ -994,11 +1049,19 @@ impl EventLoop {
         let batch = self.shared.config.delivery.batch as u32;
         let skip = self.in_flight_ids.clone();
         let backoff = self.backoff;
+        let presence = self
+            .shared
+            .config
+            .bandwidth
+            .adaptive_retry_on()
+            .then(|| self.bw.presence.clone());
         let replicas = self.shared.config.mailbox.replicas as u32;
         let mut rng =
             StdRng::from_rng(&mut self.rng).unwrap_or_else(|_| StdRng::seed_from_u64(now));
         let keypair = self.identity.keypair().clone();
         let events = self.shared.events.clone();
+        let stats = self.shared.stats.clone();
+        let compress_mode = CompressMode::of(&self.shared.config.bandwidth);
         self.background(move |store| {
             match store.expire_due(now) {
                 Ok(expired) => {
@@ -1036,23 +1099,38 @@ impl EventLoop {
                 };
                 let peer = store.get_peer(&m.recipient).ok().flatten();
                 let mut envelope = m.envelope.clone();
+                let held = m.held_by(replicas);
+                let delay = match &presence {
+                    Some(p) => p.lock().unwrap_or_else(|p| p.into_inner()).delay(
+                        &backoff,
+                        &recipient,
+                        m.attempts + 1,
+                        held,
+                        Instant::now(),
+                        &mut rng,
+                    ),
+                    None => backoff.delay_held(m.attempts + 1, held, &mut rng),
+                };
                 let mut update = AttemptUpdate {
                     id: m.id,
-                    next_attempt_ms: now.saturating_add(
-                        u64::try_from(
-                            backoff
-                                .delay_held(m.attempts + 1, m.held_by(replicas), &mut rng)
-                                .as_millis(),
-                        )
-                        .unwrap_or(u64::MAX),
-                    ),
+                    next_attempt_ms: now
+                        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                     error: None,
                     envelope: None,
                 };
                 if envelope.is_none() {
                     match &peer {
                         Some(peer) => {
-                            match seal_outgoing(&keypair, &m, recipient, &peer.box_key, &mut rng) {
+                            let opts = compress_mode.options(&peer.record);
+                            count_compression(&stats, &m.body, &opts);
+                            match seal_outgoing(
+                                &keypair,
+                                &m,
+                                recipient,
+                                &peer.box_key,
+                                &opts,
+                                &mut rng,
+                            ) {
                                 Ok(sealed) => {
                                     update.envelope = Some(sealed.clone());
                                     envelope = Some(sealed);
@@ -1080,6 +1158,8 @@ impl EventLoop {
                     recipient,
                     route: m.route,
                     attempt: m.attempts + 1,
+                    priority: peercomm_wire::Priority::try_from(i32::from(m.priority))
+                        .unwrap_or(peercomm_wire::Priority::Interactive),
                     envelope,
                     addrs: peer
                         .map(|p| p.addrs.iter().filter_map(|a| a.parse().ok()).collect())
@@ -1147,6 +1227,17 @@ impl EventLoop {
                     self.in_flight_ids.insert(attempt.id);
                     self.send_routed(attempt.id, attempt.recipient, attempt.attempt, envelope);
                 }
+                Some(envelope) if self.queues_on() => {
+                    bump(&self.shared.stats.attempts);
+                    self.in_flight_ids.insert(attempt.id);
+                    let flight = InFlight {
+                        id: attempt.id,
+                        route: attempt.route,
+                        attempt: attempt.attempt,
+                        envelope,
+                    };
+                    self.bw_enqueue(attempt.recipient, attempt.priority, flight, addrs);
+                }
                 Some(envelope) => {
                     let request_id = self.swarm.behaviour_mut().msg.send_request_with_addresses(
                         &attempt.recipient,
@@ -1192,6 +1283,7 @@ impl EventLoop {
     }
 
     fn on_msg_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Vec<u8>) {
+        self.bw_answered(request_id, true);
         let Some(flight) = self.in_flight.remove(&request_id) else {
             return;
         };
@@ -1318,6 +1410,15 @@ impl EventLoop {
                 full,
                 next_due_ms,
             } => self.on_due(attempts, full, next_due_ms),
+            Internal::RespondBatch { token, response } => {
+                if let Some(channel) = self.batch_responses.remove(&token) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .msg_batch
+                        .send_response(channel, response);
+                }
+            }
             Internal::Respond { token, response } => {
                 if let Some(channel) = self.responses.remove(&token) {
                     let _ = self
@@ -1398,6 +1499,9 @@ impl EventLoop {
             Command::FindPeer(peer, reply) => self.find_peer(peer, reply),
             Command::DhtStats(reply) => {
                 let _ = reply.send(self.dht_stats());
+            }
+            Command::Bandwidth(reply) => {
+                let _ = reply.send(self.bw_report());
             }
             Command::Routes(reply) => {
                 let _ = reply.send(self.route.routes());
@@ -1998,11 +2102,19 @@ impl EventLoop {
             } => {
                 self.remotes.remove(&connection_id);
                 if num_established == 0 {
+                    self.bw
+                        .presence
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .on_disconnected(peer_id, Instant::now());
                     self.route.router.forget_peer(&peer_id);
                     self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Msg(event)) => self.on_msg_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::MsgBatch(event)) => {
+                self.on_msg_batch_event(event)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Record(event)) => self.on_record_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Route(event)) => self.on_route_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Onion(event)) => self.on_onion_event(event),
@@ -2026,6 +2138,9 @@ impl EventLoop {
                     }
                 }
                 let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
+                if info.protocols.contains(&MSG_BATCH_PROTOCOL) {
+                    self.bw.batch_peers.insert(peer_id);
+                }
                 for addr in info.listen_addrs {
                     if is_dialable(&addr) {
                         self.swarm.add_peer_address(peer_id, addr.clone());
@@ -2053,7 +2168,20 @@ impl EventLoop {
         }
         self.emit(NodeEvent::PeerConnected { peer });
         self.mailbox_on_connected(peer);
-        let now = self.now_ms();
+        let spread = self
+            .bw
+            .presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_connected(peer, Instant::now());
+        let mut now = self.now_ms();
+        if self.shared.config.bandwidth.adaptive_retry_on() && !spread.is_zero() {
+            // Many peers back at once (a healed partition): spread what is
+            // queued for them instead of sending it all in one burst.
+            use rand::Rng;
+            let ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+            now = now.saturating_add(self.rng.gen_range(0..=ms));
+        }
         self.background(move |store| {
             store
                 .reschedule_recipient(&peer.to_base58(), now)
@@ -2080,30 +2208,12 @@ impl EventLoop {
                 error,
                 ..
             } => {
+                self.bw_answered(request_id, false);
                 let unreachable = matches!(error, request_response::OutboundFailure::DialFailure);
-                if unreachable {
-                    // Its addresses may have changed: ask the DHT.
-                    self.lookup_unreachable(peer);
-                }
                 if let Some(flight) = self.in_flight.remove(&request_id) {
-                    let id = flight.id;
-                    if unreachable && flight.route == Route::Auto && self.shutdown.is_none() {
-                        // It cannot be dialled: let the network carry it.
-                        self.route.mark_unreachable(peer);
-                        tracing::debug!(%peer, %id, "not reachable directly; routing it");
-                        self.send_routed(id, peer, flight.attempt, flight.envelope);
-                        return;
-                    }
-                    self.in_flight_ids.remove(&id);
-                    bump(&self.shared.stats.attempt_failures);
-                    tracing::debug!(%peer, %id, "attempt failed: {error}");
-                    self.mailbox_deposit(id);
-                    let note = format!("attempt failed: {error}");
-                    let now = self.now_ms();
-                    self.background(move |store| {
-                        let _ = store.note_error(id.as_bytes(), &note, now);
-                        None
-                    });
+                    self.attempt_failed(peer, flight, &error.to_string(), unreachable);
+                } else if unreachable {
+                    self.lookup_unreachable(peer);
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -2114,6 +2224,33 @@ impl EventLoop {
             }
             request_response::Event::ResponseSent { .. } => {}
         }
+    }
+
+    /// A direct attempt failed: route it when the peer cannot be dialled,
+    /// otherwise leave it to a mailbox and the next retry.
+    fn attempt_failed(&mut self, peer: PeerId, flight: InFlight, error: &str, unreachable: bool) {
+        if unreachable {
+            // Its addresses may have changed: ask the DHT.
+            self.lookup_unreachable(peer);
+        }
+        let id = flight.id;
+        if unreachable && flight.route == Route::Auto && self.shutdown.is_none() {
+            // It cannot be dialled: let the network carry it.
+            self.route.mark_unreachable(peer);
+            tracing::debug!(%peer, %id, "not reachable directly; routing it");
+            self.send_routed(id, peer, flight.attempt, flight.envelope);
+            return;
+        }
+        self.in_flight_ids.remove(&id);
+        bump(&self.shared.stats.attempt_failures);
+        tracing::debug!(%peer, %id, "attempt failed: {error}");
+        self.mailbox_deposit(id);
+        let note = format!("attempt failed: {error}");
+        let now = self.now_ms();
+        self.background(move |store| {
+            let _ = store.note_error(id.as_bytes(), &note, now);
+            None
+        });
     }
 
     fn on_record_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
@@ -2146,12 +2283,59 @@ impl EventLoop {
     }
 }
 
+/// How bodies are compressed before sealing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CompressMode {
+    /// Never (`bandwidth.compression = false`: the user opted out).
+    Off,
+    /// Plain zstd from 64 bytes, as before adaptation (`adaptive = false`).
+    Plain,
+    /// With the shipped dictionary when the recipient's record lists it.
+    Dictionary,
+}
+
+impl CompressMode {
+    fn of(config: &crate::config::BandwidthConfig) -> Self {
+        if !config.compression {
+            Self::Off
+        } else if config.adaptive {
+            Self::Dictionary
+        } else {
+            Self::Plain
+        }
+    }
+
+    /// Options for a recipient whose signed record is `record`.
+    fn options(self, record: &[u8]) -> peercomm_wire::CompressOptions {
+        match self {
+            Self::Off => peercomm_wire::CompressOptions::disabled(),
+            Self::Plain => peercomm_wire::CompressOptions::default(),
+            Self::Dictionary => {
+                let theirs = peercomm_wire::verify_record(record, 0)
+                    .map(|r| r.dictionaries)
+                    .unwrap_or_default();
+                peercomm_wire::CompressOptions::for_recipient(&theirs)
+            }
+        }
+    }
+}
+
+/// Counts how a body will be compressed.
+fn count_compression(stats: &Stats, body: &[u8], opts: &peercomm_wire::CompressOptions) {
+    match peercomm_wire::compress(body, opts) {
+        Ok((peercomm_wire::CompressionKind::ZstdDict(_), _)) => bump(&stats.sealed_dictionary),
+        Ok((peercomm_wire::CompressionKind::Zstd, _)) => bump(&stats.sealed_zstd),
+        _ => bump(&stats.sealed_uncompressed),
+    }
+}
+
 /// Seals an outgoing row for its recipient.
 fn seal_outgoing(
     keypair: &libp2p::identity::Keypair,
     m: &peercomm_store::OutgoingMessage,
     recipient: PeerId,
     box_key: &[u8; 32],
+    opts: &peercomm_wire::CompressOptions,
     rng: &mut StdRng,
 ) -> Result<Vec<u8>, peercomm_wire::SealError> {
     let priority = peercomm_wire::Priority::try_from(m.priority as i32)
@@ -2166,7 +2350,7 @@ fn seal_outgoing(
         kind,
         body: &m.body,
     };
-    peercomm_wire::seal(keypair, &draft, box_key, rng)
+    peercomm_wire::seal_with(keypair, &draft, box_key, opts, rng)
 }
 
 /// Checks, opens and stores one inbound envelope; the answer is a receipt
@@ -2181,6 +2365,32 @@ fn accept_envelope(
     now: u64,
 ) -> pb::MsgResponse {
     accept_envelope_seen(store, identity, stats, events, from, bytes, now, &mut None)
+}
+
+/// Accepts each envelope of a batch request (concatenated frames, at most
+/// [`MAX_BATCH_MESSAGES`](crate::config::MAX_BATCH_MESSAGES)); the answer
+/// is their answers as concatenated frames, in the same order.
+pub(crate) fn accept_batch(
+    store: &mut Store,
+    identity: &Identity,
+    stats: &Stats,
+    events: &broadcast::Sender<NodeEvent>,
+    from: PeerId,
+    bytes: &[u8],
+    now: u64,
+) -> Vec<u8> {
+    let frames = bandwidth::split_frames(bytes, crate::config::MAX_BATCH_MESSAGES);
+    if frames.is_empty() {
+        bump(&stats.rejected_malformed);
+    }
+    let mut out = Vec::new();
+    for frame in frames {
+        let answer = accept_envelope(store, identity, stats, events, from, &frame, now);
+        if let Ok(encoded) = peercomm_wire::encode_frame(&answer.encode_to_vec()) {
+            out.extend(encoded);
+        }
+    }
+    out
 }
 
 /// [`accept_envelope`], also telling `seen` the envelope's header once its

@@ -138,6 +138,21 @@ pub(crate) struct Stats {
     pub(crate) group_posts_rejected: AtomicU64,
     /// Pages of group posts fetched from group mailboxes (catch-up).
     pub(crate) group_pages_fetched: AtomicU64,
+    /// Batch requests sent (several messages to one peer in one request).
+    pub(crate) batches_sent: AtomicU64,
+    /// Messages left for a later round because their peer's queue was full.
+    pub(crate) queue_full: AtomicU64,
+    /// Ephemeral messages (typing, presence) dropped: congested link or stale.
+    pub(crate) ephemeral_shed: AtomicU64,
+    /// Envelope bytes the per-peer queues sent, by class (in
+    /// `Priority::ALL` order).
+    pub(crate) queued_bytes_by_class: [AtomicU64; 5],
+    /// Bodies sealed compressed with the shipped dictionary.
+    pub(crate) sealed_dictionary: AtomicU64,
+    /// Bodies sealed compressed with plain zstd.
+    pub(crate) sealed_zstd: AtomicU64,
+    /// Bodies sealed uncompressed (short, incompressible, or compression off).
+    pub(crate) sealed_uncompressed: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -208,6 +223,12 @@ pub struct StatsSnapshot {
     pub group_posts_received: u64,
     pub group_posts_rejected: u64,
     pub group_pages_fetched: u64,
+    pub batches_sent: u64,
+    pub queue_full: u64,
+    pub ephemeral_shed: u64,
+    pub sealed_dictionary: u64,
+    pub sealed_zstd: u64,
+    pub sealed_uncompressed: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -505,6 +526,36 @@ impl StatsSnapshot {
                 self.group_pages_fetched,
             ),
             (
+                "peercomm_batches_sent",
+                "Batch requests sent (several messages to one peer in one request).",
+                self.batches_sent,
+            ),
+            (
+                "peercomm_queue_full",
+                "Messages left for a later round because their peer's queue was full.",
+                self.queue_full,
+            ),
+            (
+                "peercomm_ephemeral_shed",
+                "Ephemeral messages (typing, presence) dropped: congested link or stale.",
+                self.ephemeral_shed,
+            ),
+            (
+                "peercomm_sealed_dictionary",
+                "Bodies sealed compressed with the shipped dictionary.",
+                self.sealed_dictionary,
+            ),
+            (
+                "peercomm_sealed_zstd",
+                "Bodies sealed compressed with plain zstd.",
+                self.sealed_zstd,
+            ),
+            (
+                "peercomm_sealed_uncompressed",
+                "Bodies sealed uncompressed (short, incompressible, or compression off).",
+                self.sealed_uncompressed,
+            ),
+            (
                 "peercomm_wire_bytes_in",
                 "Bytes read from TCP sockets.",
                 self.wire_bytes_in,
@@ -535,6 +586,27 @@ impl StatsSnapshot {
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name}_total {n}");
         }
+    }
+}
+
+impl Stats {
+    /// Counts envelope bytes a per-peer queue sent in `class`.
+    pub(crate) fn add_class_bytes(&self, class: peercomm_wire::Priority, bytes: u64) {
+        if let Some(i) = peercomm_wire::Priority::ALL
+            .iter()
+            .position(|c| *c == class)
+        {
+            self.queued_bytes_by_class[i].fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Envelope bytes the per-peer queues sent, per class.
+    pub(crate) fn class_bytes(&self) -> Vec<(peercomm_wire::Priority, u64)> {
+        peercomm_wire::Priority::ALL
+            .iter()
+            .zip(&self.queued_bytes_by_class)
+            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -612,6 +684,12 @@ impl Stats {
             group_posts_received: g(&self.group_posts_received),
             group_posts_rejected: g(&self.group_posts_rejected),
             group_pages_fetched: g(&self.group_pages_fetched),
+            batches_sent: g(&self.batches_sent),
+            queue_full: g(&self.queue_full),
+            ephemeral_shed: g(&self.ephemeral_shed),
+            sealed_dictionary: g(&self.sealed_dictionary),
+            sealed_zstd: g(&self.sealed_zstd),
+            sealed_uncompressed: g(&self.sealed_uncompressed),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

@@ -44,6 +44,7 @@ fn signed(keypair: &Keypair, seq: u64, expires_ms: u64) -> Result<Vec<u8>> {
         expires_ms,
         roles: vec![],
         onion: None,
+        dictionaries: vec![],
     }
     .sign(keypair)?)
 }

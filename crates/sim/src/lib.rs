@@ -7,6 +7,8 @@
 //! the same data dir and port, and waits for conditions with a deadline.
 //! Every node shares one [`TestClock`], so a test can move time.
 
+pub mod bandwidth;
+pub mod corpus;
 pub mod groups;
 pub mod mls_cost;
 pub mod offline;

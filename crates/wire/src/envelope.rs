@@ -1,7 +1,7 @@
 //! Envelopes: a message sealed with HPKE to the recipient's box key and signed with the
-//! sender's Ed25519 identity. `seal` builds one; `verify` checks everything a relay,
-//! mailbox or recipient can check without the box secret; `VerifiedEnvelope::open`
-//! decrypts it for the recipient.
+//! sender's Ed25519 identity. `seal` builds one (`seal_with` chooses how the body is
+//! compressed); `verify` checks everything a relay, mailbox or recipient can check without
+//! the box secret; `VerifiedEnvelope::open` decrypts it for the recipient.
 
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
@@ -13,13 +13,14 @@ use rand::{CryptoRng, RngCore};
 
 use crate::boxkey::HpkeRng;
 use crate::class::{Kind, Priority};
+use crate::compress::{compress, decompress, CompressOptions, CompressionKind};
 use crate::error::{EnvelopeError, SealError};
 use crate::id::MessageId;
 use crate::identity::{inline_ed25519_key, len_be, parse_peer_id, signing_input};
 use crate::limits::{
-    BOX_KEY_BYTES, COMPRESS_LEVEL, COMPRESS_MIN_BYTES, ENVELOPE_HPKE_INFO, ENVELOPE_SIG_DOMAIN,
-    MAX_BODY_BYTES, MAX_CLOCK_SKEW_MS, MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES, MAX_PEER_ID_BYTES,
-    MESSAGE_ID_BYTES, PROTOCOL_VERSION, SIGNATURE_BYTES,
+    BOX_KEY_BYTES, ENVELOPE_HPKE_INFO, ENVELOPE_SIG_DOMAIN, MAX_BODY_BYTES, MAX_CLOCK_SKEW_MS,
+    MAX_ENVELOPE_BYTES, MAX_HEADER_BYTES, MAX_PEER_ID_BYTES, MESSAGE_ID_BYTES, PROTOCOL_VERSION,
+    SIGNATURE_BYTES,
 };
 use crate::pb;
 
@@ -77,11 +78,30 @@ pub struct VerifiedEnvelope {
 }
 
 /// Seals `draft.body` to `recipient_box_key`, signs the result as `sender` and returns the
-/// encoded `Envelope`.
+/// encoded `Envelope`. The body is compressed as `CompressOptions::default()` says: plain
+/// zstd, no dictionary.
 pub fn seal<R: RngCore + CryptoRng + ?Sized>(
     sender: &Keypair,
     draft: &Draft<'_>,
     recipient_box_key: &[u8; BOX_KEY_BYTES],
+    rng: &mut R,
+) -> Result<Vec<u8>, SealError> {
+    seal_with(
+        sender,
+        draft,
+        recipient_box_key,
+        &CompressOptions::default(),
+        rng,
+    )
+}
+
+/// `seal`, with the body compressed as `opts` says (see `compress`). A dictionary in
+/// `opts` must be one the recipient's peer record lists (`CompressOptions::for_recipient`).
+pub fn seal_with<R: RngCore + CryptoRng + ?Sized>(
+    sender: &Keypair,
+    draft: &Draft<'_>,
+    recipient_box_key: &[u8; BOX_KEY_BYTES],
+    opts: &CompressOptions,
     rng: &mut R,
 ) -> Result<Vec<u8>, SealError> {
     if draft.body.len() > MAX_BODY_BYTES {
@@ -107,7 +127,7 @@ pub fn seal<R: RngCore + CryptoRng + ?Sized>(
         });
     }
 
-    let body = compress_body(draft.body)?.encode_to_vec();
+    let body = compress_body(draft.body, opts)?.encode_to_vec();
     let header = pb::Header {
         version: PROTOCOL_VERSION,
         id: draft.id.as_bytes().to_vec(),
@@ -326,39 +346,20 @@ fn decode_header(bytes: &[u8], now_ms: u64) -> Result<EnvelopeHeader, EnvelopeEr
     })
 }
 
-/// Compresses with zstd when the body is long enough and compression actually helps.
-fn compress_body(body: &[u8]) -> Result<pb::Body, SealError> {
-    if body.len() >= COMPRESS_MIN_BYTES {
-        let compressed = zstd::bulk::compress(body, COMPRESS_LEVEL)
-            .map_err(|e| SealError::Compress(e.to_string()))?;
-        if compressed.len() < body.len() {
-            return Ok(pb::Body {
-                compression: pb::Compression::Zstd.into(),
-                content: compressed,
-            });
-        }
-    }
+/// The `Body` of `body`, compressed as `opts` says when that makes it smaller.
+fn compress_body(body: &[u8], opts: &CompressOptions) -> Result<pb::Body, SealError> {
+    let (kind, content) = compress(body, opts)?;
+    let (compression, dictionary) = kind.to_wire();
     Ok(pb::Body {
-        compression: pb::Compression::None.into(),
-        content: body.to_vec(),
+        compression: compression.into(),
+        content,
+        dictionary,
     })
 }
 
 fn decompress_body(body: pb::Body) -> Result<Vec<u8>, EnvelopeError> {
-    match pb::Compression::try_from(body.compression) {
-        Ok(pb::Compression::None) => {
-            check_len("body", body.content.len(), MAX_BODY_BYTES)?;
-            Ok(body.content)
-        }
-        // Implementation notes: bulk decompression into a buffer of MAX_BODY_BYTES fails
-        // instead of growing, so a zstd bomb costs at most that much memory.
-        Ok(pb::Compression::Zstd) => zstd::bulk::decompress(&body.content, MAX_BODY_BYTES)
-            .map_err(|e| EnvelopeError::Decompress(e.to_string())),
-        Err(_) => Err(EnvelopeError::Malformed(format!(
-            "unknown compression {}",
-            body.compression
-        ))),
-    }
+    let kind = CompressionKind::from_wire(body.compression, body.dictionary)?;
+    decompress(kind, &body.content)
 }
 
 #[cfg(test)]

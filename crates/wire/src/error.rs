@@ -34,6 +34,9 @@ pub enum SealError {
     /// zstd failed to compress the body.
     #[error("compression failed: {0}")]
     Compress(String),
+    /// The options name a dictionary this build does not ship.
+    #[error("no compression dictionary with id {0}")]
+    UnknownDictionary(u32),
     /// HPKE refused the recipient's box key (for example a low-order point).
     #[error("sealing failed: {0}")]
     Encrypt(String),
@@ -84,6 +87,11 @@ pub enum EnvelopeError {
     /// The compressed body is invalid or inflates beyond `MAX_BODY_BYTES`.
     #[error("body decompression failed: {0}")]
     Decompress(String),
+    /// The body is compressed with a dictionary this build does not have (the sender
+    /// used one the recipient's record does not list). Sealing it again without that
+    /// dictionary would succeed.
+    #[error("body compressed with unknown dictionary {0}")]
+    UnknownDictionary(u32),
 }
 
 impl EnvelopeError {
@@ -96,7 +104,7 @@ impl EnvelopeError {
             Self::BadSignature | Self::BadKey(_) => RejectCode::RejectBadSignature,
             Self::Expired | Self::FromFuture => RejectCode::RejectExpired,
             Self::WrongRecipient => RejectCode::RejectWrongRecipient,
-            Self::Undecryptable => RejectCode::RejectUndecryptable,
+            Self::Undecryptable | Self::UnknownDictionary(_) => RejectCode::RejectUndecryptable,
         }
     }
 }

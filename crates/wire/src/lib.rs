@@ -8,6 +8,8 @@
 
 mod boxkey;
 mod class;
+mod compress;
+mod dict;
 mod envelope;
 mod error;
 mod frame;
@@ -32,7 +34,9 @@ pub mod pb {
 
 pub use boxkey::BoxKeypair;
 pub use class::{Kind, Priority};
-pub use envelope::{seal, verify, Draft, EnvelopeHeader, VerifiedEnvelope};
+pub use compress::{compress, decompress, CompressOptions, CompressionKind};
+pub use dict::{dictionary_bytes, shared_dictionary, CHAT_DICT_V1_ID, SUPPORTED_DICTIONARIES};
+pub use envelope::{seal, seal_with, verify, Draft, EnvelopeHeader, VerifiedEnvelope};
 pub use error::{
     EnvelopeError, FrameError, ParseIdError, ReceiptError, RecordError, ResponseError, SealError,
     UnknownValue,

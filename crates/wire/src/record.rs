@@ -1,5 +1,5 @@
-//! Signed peer records: what a peer announces about itself (addresses, box key, roles) in
-//! the DHT and on `/peercomm/record/1.0.0`.
+//! Signed peer records: what a peer announces about itself (addresses, box key, roles,
+//! onion key, body dictionaries) in the DHT and on `/peercomm/record/1.0.0`.
 
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use multiaddr::Multiaddr;
@@ -8,8 +8,8 @@ use prost::Message;
 use crate::error::RecordError;
 use crate::identity::{parse_peer_id, signing_input};
 use crate::limits::{
-    BOX_KEY_BYTES, MAX_ADDR_BYTES, MAX_RECORD_ADDRS, MAX_RECORD_BYTES, MAX_ROLES, MAX_ROLE_BYTES,
-    RECORD_SIG_DOMAIN, SIGNATURE_BYTES,
+    BOX_KEY_BYTES, MAX_ADDR_BYTES, MAX_RECORD_ADDRS, MAX_RECORD_BYTES, MAX_RECORD_DICTIONARIES,
+    MAX_ROLES, MAX_ROLE_BYTES, RECORD_SIG_DOMAIN, SIGNATURE_BYTES,
 };
 use crate::pb;
 
@@ -32,6 +32,10 @@ pub struct PeerRecord {
     pub roles: Vec<String>,
     /// The onion key Sphinx packets to this peer are built for, if it has one.
     pub onion: Option<OnionKey>,
+    /// zstd dictionary ids of the body dictionaries the peer can decompress (a node
+    /// announces `SUPPORTED_DICTIONARIES`); at most `MAX_RECORD_DICTIONARIES`, none 0.
+    /// Empty in records of peers that predate dictionaries.
+    pub dictionaries: Vec<u32>,
 }
 
 /// A peer's X25519 onion key and its epoch (a new key has a higher epoch).
@@ -59,6 +63,7 @@ impl PeerRecord {
             check_count("addr bytes", addr.as_ref().len(), MAX_ADDR_BYTES)?;
         }
         check_roles(self.roles.iter().map(String::as_str))?;
+        check_dictionaries(&self.dictionaries)?;
 
         let record = pb::PeerRecord {
             protocol_version: self.protocol_version,
@@ -70,6 +75,7 @@ impl PeerRecord {
             roles: self.roles.clone(),
             onion_key: self.onion.map(|o| o.key.to_vec()).unwrap_or_default(),
             onion_epoch: self.onion.map_or(0, |o| o.epoch),
+            dictionaries: self.dictionaries.clone(),
         }
         .encode_to_vec();
         let signature = keypair
@@ -128,6 +134,7 @@ pub fn verify_record(bytes: &[u8], now_ms: u64) -> Result<PeerRecord, RecordErro
     })?;
     check_count("addrs", record.addrs.len(), MAX_RECORD_ADDRS)?;
     check_roles(record.roles.iter().map(String::as_str))?;
+    check_dictionaries(&record.dictionaries)?;
     let onion = match record.onion_key.len() {
         0 => None,
         _ => Some(OnionKey {
@@ -157,6 +164,7 @@ pub fn verify_record(bytes: &[u8], now_ms: u64) -> Result<PeerRecord, RecordErro
         expires_ms: record.expires_ms,
         roles: record.roles,
         onion,
+        dictionaries: record.dictionaries,
     })
 }
 
@@ -166,6 +174,14 @@ fn check_count(what: &'static str, len: usize, max: usize) -> Result<(), RecordE
     } else {
         Ok(())
     }
+}
+
+fn check_dictionaries(ids: &[u32]) -> Result<(), RecordError> {
+    check_count("dictionaries", ids.len(), MAX_RECORD_DICTIONARIES)?;
+    if ids.contains(&0) {
+        return Err(RecordError::Malformed("dictionary id 0".into()));
+    }
+    Ok(())
 }
 
 fn check_roles<'a>(roles: impl ExactSizeIterator<Item = &'a str>) -> Result<(), RecordError> {
@@ -201,6 +217,7 @@ mod tests {
                 key: [7; 32],
                 epoch: 42,
             }),
+            dictionaries: vec![crate::CHAT_DICT_V1_ID, 99_999],
         }
     }
 
@@ -323,6 +340,117 @@ mod tests {
             verify_record(&vec![0; MAX_RECORD_BYTES + 1], 0),
             Err(RecordError::TooLarge { what: "record", .. })
         ));
+    }
+
+    /// `PeerRecord` as it was before field 10 (`dictionaries`).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OldPeerRecord {
+        #[prost(uint32, tag = "1")]
+        protocol_version: u32,
+        #[prost(bytes = "vec", tag = "2")]
+        peer_id: Vec<u8>,
+        #[prost(bytes = "vec", repeated, tag = "3")]
+        addrs: Vec<Vec<u8>>,
+        #[prost(bytes = "vec", tag = "4")]
+        box_key: Vec<u8>,
+        #[prost(uint64, tag = "5")]
+        seq: u64,
+        #[prost(uint64, tag = "6")]
+        expires_ms: u64,
+        #[prost(string, repeated, tag = "7")]
+        roles: Vec<String>,
+        #[prost(bytes = "vec", tag = "8")]
+        onion_key: Vec<u8>,
+        #[prost(uint64, tag = "9")]
+        onion_epoch: u64,
+    }
+
+    #[test]
+    fn dictionaries_are_signed_bounded_and_optional() {
+        let mut rng = seeded_rng();
+        let kp = keypair(&mut rng);
+        let record = record_for(&kp, [1; 32]);
+        let bytes = record.sign(&kp).unwrap();
+        assert_eq!(
+            verify_record(&bytes, 0).unwrap().dictionaries,
+            [crate::CHAT_DICT_V1_ID, 99_999]
+        );
+
+        // Covered by the signature: a relay cannot add or strip dictionaries.
+        let signed = pb::SignedPeerRecord::decode(bytes.as_slice()).unwrap();
+        let base = pb::PeerRecord::decode(signed.record.as_slice()).unwrap();
+        for dictionaries in [vec![], vec![crate::CHAT_DICT_V1_ID], vec![1, 2]] {
+            let mut tampered = signed.clone();
+            tampered.record = pb::PeerRecord {
+                dictionaries,
+                ..base.clone()
+            }
+            .encode_to_vec();
+            assert!(matches!(
+                verify_record(&tampered.encode_to_vec(), 0),
+                Err(RecordError::BadSignature)
+            ));
+        }
+
+        let resign = |record: pb::PeerRecord| {
+            let record = record.encode_to_vec();
+            let signature = kp
+                .sign(&signing_input(&[RECORD_SIG_DOMAIN, &record]))
+                .unwrap();
+            pb::SignedPeerRecord {
+                public_key: signed.public_key.clone(),
+                record,
+                signature,
+            }
+            .encode_to_vec()
+        };
+        // A record signed by a peer that predates the field decodes with none.
+        let old = OldPeerRecord {
+            protocol_version: base.protocol_version,
+            peer_id: base.peer_id.clone(),
+            addrs: base.addrs.clone(),
+            box_key: base.box_key.clone(),
+            seq: base.seq,
+            expires_ms: base.expires_ms,
+            roles: base.roles.clone(),
+            onion_key: base.onion_key.clone(),
+            onion_epoch: base.onion_epoch,
+        }
+        .encode_to_vec();
+        let old = pb::PeerRecord::decode(old.as_slice()).unwrap();
+        assert_eq!(old.dictionaries, Vec::<u32>::new());
+        let verified = verify_record(&resign(old), 0).unwrap();
+        assert_eq!(verified.dictionaries, Vec::<u32>::new());
+        assert_eq!(verified.seq, record.seq);
+
+        let too_many = pb::PeerRecord {
+            dictionaries: (1..=MAX_RECORD_DICTIONARIES as u32 + 1).collect(),
+            ..base.clone()
+        };
+        assert!(matches!(
+            verify_record(&resign(too_many), 0),
+            Err(RecordError::TooLarge {
+                what: "dictionaries",
+                ..
+            })
+        ));
+        let zero = pb::PeerRecord {
+            dictionaries: vec![0],
+            ..base.clone()
+        };
+        assert!(matches!(
+            verify_record(&resign(zero), 0),
+            Err(RecordError::Malformed(_))
+        ));
+
+        let mut record = record_for(&kp, [1; 32]);
+        record.dictionaries = vec![7; MAX_RECORD_DICTIONARIES + 1];
+        assert!(matches!(
+            record.sign(&kp),
+            Err(RecordError::TooLarge { .. })
+        ));
+        record.dictionaries = vec![0];
+        assert!(matches!(record.sign(&kp), Err(RecordError::Malformed(_))));
     }
 
     #[test]

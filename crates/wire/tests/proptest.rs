@@ -7,9 +7,11 @@
 
 use peercomm_wire::pb;
 use peercomm_wire::{
-    decode_frame, decode_frame_len, encode_frame, seal, sign_receipt, verify, verify_receipt,
-    verify_record, BoxKeypair, Draft, Keypair, Kind, MessageId, MsgResponse, Multiaddr, PeerId,
-    PeerRecord, Priority, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_RECORD_ADDRS, MAX_ROLES,
+    compress, decode_frame, decode_frame_len, decompress, encode_frame, seal, seal_with,
+    sign_receipt, verify, verify_receipt, verify_record, BoxKeypair, CompressOptions,
+    CompressionKind, Draft, Keypair, Kind, MessageId, MsgResponse, Multiaddr, PeerId, PeerRecord,
+    Priority, CHAT_DICT_V1_ID, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_RECORD_ADDRS,
+    MAX_RECORD_DICTIONARIES, MAX_ROLES,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -49,6 +51,46 @@ fn multiaddr() -> impl Strategy<Value = Multiaddr> {
     })
 }
 
+/// Any way a sender may compress: off, plain zstd or the shipped dictionary, at a few levels.
+fn compress_options() -> impl Strategy<Value = CompressOptions> {
+    (
+        any::<bool>(),
+        prop::sample::select(vec![1, 3, 9]),
+        any::<bool>(),
+    )
+        .prop_map(|(enabled, level, dict)| CompressOptions {
+            enabled,
+            level,
+            dictionary: dict.then_some(CHAT_DICT_V1_ID),
+        })
+}
+
+/// Chat-like text: words from a small vocabulary, so the dictionary has something to match.
+fn chat_text() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "hey",
+            "are",
+            "you",
+            "free",
+            "tomorrow",
+            "night",
+            "?",
+            "lol",
+            "ok",
+            "the",
+            "at",
+            "7:30",
+            "https://example.org/x",
+            "👍",
+            "let's",
+            "meet",
+        ]),
+        0..120,
+    )
+    .prop_map(|words| words.join(" ").into_bytes())
+}
+
 fn roundtrip<M: Message + Default + PartialEq + std::fmt::Debug>(m: &M) {
     let decoded = M::decode(m.encode_to_vec().as_slice()).unwrap();
     assert_eq!(&decoded, m);
@@ -70,13 +112,14 @@ proptest! {
             version: v, id: b.clone(), sender: d.clone(), recipient: a.clone(),
             created_ms: n, expires_ms: m, priority: e, kind: e,
         });
-        roundtrip(&pb::Body { compression: e, content: c.clone() });
+        roundtrip(&pb::Body { compression: e, content: c.clone(), dictionary: v });
         roundtrip(&pb::Receipt { message_id: b.clone(), message_sender: d.clone(), recipient: a.clone(), received_ms: n });
         let signed_receipt = pb::SignedReceipt { receipt: a.clone(), signature: d.clone() };
         roundtrip(&signed_receipt);
         roundtrip(&pb::PeerRecord {
             protocol_version: v, peer_id: d.clone(), addrs, box_key: b.clone(),
             seq: n, expires_ms: m, roles, onion_key: b.clone(), onion_epoch: m,
+            dictionaries: vec![v, 0, u32::MAX],
         });
         roundtrip(&pb::OnionPacket { packet: c.clone() });
         roundtrip(&pb::OnionAck { code: e, distance: v, reason: reason.clone() });
@@ -127,7 +170,8 @@ proptest! {
     #[test]
     fn envelopes_roundtrip(
         seed in any::<u64>(),
-        body in prop_oneof![bytes(200), "[a-c ]{0,5000}".prop_map(String::into_bytes), bytes(MAX_BODY_BYTES)],
+        body in prop_oneof![bytes(200), "[a-c ]{0,5000}".prop_map(String::into_bytes), bytes(MAX_BODY_BYTES), chat_text()],
+        opts in compress_options(),
         priority in priority(),
         created_ms in NOW - 1000..NOW + 1000,
         ttl_ms in 1u64..1_000_000,
@@ -144,7 +188,11 @@ proptest! {
             kind: Kind::Chat,
             body: &body,
         };
-        let sealed = seal(&alice, &draft, bob_box.public(), &mut rng).unwrap();
+        let sealed = if opts == CompressOptions::default() {
+            seal(&alice, &draft, bob_box.public(), &mut rng).unwrap()
+        } else {
+            seal_with(&alice, &draft, bob_box.public(), &opts, &mut rng).unwrap()
+        };
         let env = verify(&sealed, created_ms).unwrap();
         prop_assert_eq!(env.header.id, draft.id);
         prop_assert_eq!(env.header.sender, alice.public().to_peer_id());
@@ -172,6 +220,7 @@ proptest! {
         seq in any::<u64>(),
         ttl_ms in 1u64..u64::MAX - NOW,
         version in any::<u32>(),
+        dictionaries in prop::collection::vec(1u32.., 0..=MAX_RECORD_DICTIONARIES),
     ) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let kp = keypair(&mut rng);
@@ -184,9 +233,29 @@ proptest! {
             expires_ms: NOW + ttl_ms,
             roles,
             onion: (seq % 2 == 0).then_some(peercomm_wire::OnionKey { key: [seq as u8; 32], epoch: seq }),
+            dictionaries,
         };
         let signed = record.sign(&kp).unwrap();
         prop_assert_eq!(verify_record(&signed, NOW).unwrap(), record);
+    }
+
+    #[test]
+    fn compression_roundtrips_and_never_grows(
+        body in prop_oneof![chat_text(), bytes(2000), "[a-c ]{0,5000}".prop_map(String::into_bytes)],
+        opts in compress_options(),
+    ) {
+        let (kind, content) = compress(&body, &opts).unwrap();
+        if !opts.enabled {
+            prop_assert_eq!(kind, CompressionKind::None);
+        }
+        if opts.dictionary.is_none() {
+            prop_assert!(!matches!(kind, CompressionKind::ZstdDict(_)));
+        }
+        let (compression, dictionary) = kind.to_wire();
+        let encoded = pb::Body { compression: compression.into(), content: content.clone(), dictionary }.encoded_len();
+        let plain = pb::Body { content: body.clone(), ..Default::default() }.encoded_len();
+        prop_assert!(encoded <= plain);
+        prop_assert_eq!(decompress(CompressionKind::from_wire(compression.into(), dictionary).unwrap(), &content).unwrap(), body);
     }
 
     #[test]
@@ -223,6 +292,10 @@ proptest! {
         let _ = pb::PeerRecord::decode(input.as_slice());
         let _ = pb::SignedPeerRecord::decode(input.as_slice());
         let _ = pb::MsgResponse::decode(input.as_slice());
+        for kind in [CompressionKind::None, CompressionKind::Zstd, CompressionKind::ZstdDict(CHAT_DICT_V1_ID), CompressionKind::ZstdDict(id[0].into())] {
+            let _ = decompress(kind, &input);
+        }
+        let _ = CompressionKind::from_wire(i32::from(id[1]) - 1, u32::from(id[2]));
     }
 
     /// Well-formed outer messages with arbitrary insides reach the deeper checks.

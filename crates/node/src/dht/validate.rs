@@ -73,6 +73,7 @@ mod tests {
             expires_ms,
             roles: vec![],
             onion: None,
+            dictionaries: vec![],
         }
     }
 

@@ -44,6 +44,9 @@ const DEPOSIT_BATCH: u32 = 32;
 /// peers: a deposit that a mailbox refuses (offline, full) goes to the next
 /// one, and a catch-up asks them all.
 const MAILBOX_SPREAD: usize = 3;
+/// With idle tuning, a member in its group's mesh polls the group's
+/// mailboxes only every this many catch-up intervals.
+const IN_MESH_CATCH_UP_EVERY: u32 = 8;
 
 /// Who waits for a key-package lookup.
 #[derive(Debug)]
@@ -120,6 +123,8 @@ pub(super) struct GroupsState {
     /// Groups with a catch-up under way.
     catching_up: HashSet<GroupId>,
     caught_up_at: Option<Instant>,
+    /// Periodic catch-up rounds so far.
+    catch_up_rounds: u32,
     connected_at: Option<Instant>,
     deposited_at: Option<Instant>,
     /// Inbox position of the last control message handled.
@@ -149,6 +154,7 @@ impl GroupsState {
             waiting_deposit: HashMap::new(),
             catching_up: HashSet::new(),
             caught_up_at: None,
+            catch_up_rounds: 0,
             connected_at: None,
             deposited_at: None,
             control_seq: 0,
@@ -1095,11 +1101,28 @@ impl EventLoop {
                 .is_none_or(|at| at.elapsed() >= interval)
         {
             self.groups.caught_up_at = Some(now);
+            self.groups.catch_up_rounds = self.groups.catch_up_rounds.wrapping_add(1);
+            let idle_tuning = self.shared.config.bandwidth.idle_tuning_on();
+            let mesh_low = self.shared.config.groups.mesh_n_low;
+            let safety_net = self
+                .groups
+                .catch_up_rounds
+                .is_multiple_of(IN_MESH_CATCH_UP_EVERY);
             let groups: Vec<GroupId> = self.groups.members.keys().copied().collect();
             for g in groups {
-                if !self.groups.catching_up.contains(&g) {
-                    self.group_catch_up(g);
+                if self.groups.catching_up.contains(&g) {
+                    continue;
                 }
+                // A member in the group's mesh gets posts as they are sent
+                // and a gap triggers a catch-up at once: polling is only a
+                // safety net for it.
+                let topic = IdentTopic::new(g.topic()).hash();
+                let in_mesh =
+                    self.swarm.behaviour().gossipsub.mesh_peers(&topic).count() >= mesh_low;
+                if idle_tuning && in_mesh && !safety_net {
+                    continue;
+                }
+                self.group_catch_up(g);
             }
         }
         // Own posts not yet deposited.
