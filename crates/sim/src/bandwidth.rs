@@ -713,6 +713,10 @@ pub struct RunReport {
     pub bulk_latency_ms: Spread,
     /// From the end of the window until the last delivery, seconds.
     pub drain_secs: f64,
+    /// Bytes sent by protocol over the counted span, summed over the
+    /// nodes (a node that restarted counts from its restart), most first;
+    /// `overhead` is Noise, Yamux and handshakes.
+    pub sent_by_protocol: Vec<(String, u64)>,
 }
 
 /// What the benchmark measured.
@@ -761,6 +765,13 @@ pub async fn bandwidth(
         if let Some(off) = runs.iter().find(|r| r.mechanism == Mechanism::Off) {
             run.reduction_percent = reduction(off.bytes_total, run.bytes_total);
         }
+        let top: Vec<String> = run
+            .sent_by_protocol
+            .iter()
+            .take(6)
+            .map(|(p, b)| format!("{p} {:.0} KiB", *b as f64 / 1024.0))
+            .collect();
+        progress(&format!("by protocol: {}", top.join(", ")));
         progress(&format!(
             "run {}/{} {:<14} {:>8.1} KiB on the wire, {}/{} delivered, {} lost, \
              interactive to the phone p50 {:.0} ms ({:.0} s)",
@@ -822,13 +833,28 @@ fn err(e: impl std::fmt::Display) -> SimError {
     }
 }
 
+/// The nodes' configuration: the defaults a user runs (keepalives, gossip
+/// heartbeat, DHT refresh, catch-up and retry schedules), not the test
+/// settings, whose fast timers would inflate the background traffic of
+/// both runs; only the outbox tick and timeouts are the simulator's, and
+/// Welcomes are accepted automatically.
+pub fn bench_config() -> peercomm_node::Config {
+    let tests = test_config();
+    let mut config = peercomm_node::Config::default();
+    config.delivery.tick = tests.delivery.tick;
+    config.network.request_timeout = tests.network.request_timeout;
+    config.dht.query_timeout = tests.dht.query_timeout;
+    config.groups.auto_join = true;
+    config
+}
+
 /// Plays `plan` once on a fresh network whose nodes all run `mechanism`.
 pub async fn run_once(
     opts: &BandwidthOptions,
     plan: &Workload,
     mechanism: Mechanism,
 ) -> Result<RunReport, SimError> {
-    let mut config = test_config();
+    let mut config = bench_config();
     config.bandwidth = mechanism.config();
     let mut options = SimOptions::new(opts.nodes, Topology::Isolated);
     options.seed = opts.seed;
@@ -953,10 +979,13 @@ async fn measure(
         })
     };
 
+    let protocols_at_start = sent_by_protocol(net).await;
     let mut tally = Tally::start(net);
     let started = Instant::now();
     let mut sent: Vec<Sent> = Vec::new();
     let mut posts: Vec<(usize, String)> = Vec::new();
+    // Each post's size and when it was sent, for the report of what is missing.
+    let mut post_info: HashMap<String, (usize, Duration)> = HashMap::new();
     for event in &plan.events {
         tokio::time::sleep_until((started + event.at).into()).await;
         match &event.action {
@@ -996,6 +1025,7 @@ async fn measure(
                         index: *from,
                         reason: format!("group send: {e}"),
                     })?;
+                post_info.insert(m.id.clone(), (body.len(), started.elapsed()));
                 posts.push((*from, m.id));
             }
             Action::Stop(i) => tally.stop(net, *i).await?,
@@ -1070,6 +1100,27 @@ async fn measure(
             );
         }
     }
+    for (m, ids) in &missing {
+        if !ids.is_empty() {
+            let what: Vec<String> = ids
+                .iter()
+                .filter_map(|id| post_info.get(id))
+                .map(|(len, at)| format!("{len} B at {:.1} s", at.as_secs_f64()))
+                .collect();
+            eprintln!(
+                "bandwidth ({}): member node {m} misses {} of the group's posts ({})",
+                mechanism.name(),
+                ids.len(),
+                what.join(", ")
+            );
+        }
+    }
+    if given_up > 0 {
+        eprintln!(
+            "bandwidth ({}): {given_up} direct message(s) expired or failed",
+            mechanism.name()
+        );
+    }
     let direct_delivered = direct_expected - pending.len() - given_up;
     let group_delivered = group_expected - missing.values().map(HashSet::len).sum::<usize>();
 
@@ -1105,6 +1156,15 @@ async fn measure(
         }
     }
 
+    let mut by_protocol = sent_by_protocol(net).await;
+    for (p, b) in protocols_at_start {
+        if let Some(now) = by_protocol.get_mut(&p) {
+            *now = now.saturating_sub(b);
+        }
+    }
+    let mut sent_by_protocol: Vec<(String, u64)> = by_protocol.into_iter().collect();
+    sent_by_protocol.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+
     let expected = direct_expected + group_expected;
     let delivered = direct_delivered + group_delivered;
     Ok(RunReport {
@@ -1131,7 +1191,24 @@ async fn measure(
         interactive_latency_ms: Spread::of(&interactive),
         bulk_latency_ms: Spread::of(&bulk),
         drain_secs,
+        sent_by_protocol,
     })
+}
+
+/// Bytes sent by protocol, summed over the running nodes, since each one's
+/// last start.
+async fn sent_by_protocol(net: &SimNet) -> HashMap<String, u64> {
+    let mut by_protocol: HashMap<String, u64> = HashMap::new();
+    for i in 0..net.len() {
+        let Some(h) = net.try_handle(i) else { continue };
+        if let Ok(r) = h.bandwidth().await {
+            for p in r.meter.protocols {
+                *by_protocol.entry(p.protocol).or_default() += p.bytes_out;
+            }
+            *by_protocol.entry("overhead".into()).or_default() += r.meter.overhead_out;
+        }
+    }
+    by_protocol
 }
 
 /// The ids of every post in member `m`'s history of `group`.

@@ -367,13 +367,21 @@ pub(crate) fn mark_deposited(c: &Connection, post_id: &[u8; 16]) -> Result<(), G
     Ok(())
 }
 
-/// The last applied post's ordering key in a group (the catch-up cursor).
-pub(crate) fn cursor(c: &Connection, id: GroupId) -> Result<Option<PostKey>, GroupError> {
+/// The last applied post's ordering key in a group (the catch-up cursor),
+/// among posts received before `received_before` (ms) if given: a node
+/// that was away resumes from what it had before it left, so posts that
+/// reached it by gossip since its return cannot hide those sent while it
+/// was away.
+pub(crate) fn cursor(
+    c: &Connection,
+    id: GroupId,
+    received_before: Option<u64>,
+) -> Result<Option<PostKey>, GroupError> {
     Ok(c.query_row(
         "SELECT epoch, is_commit, created_ms, post_id FROM group_posts
-         WHERE group_id = ?1 AND state != 'pending'
+         WHERE group_id = ?1 AND state != 'pending' AND (?2 IS NULL OR received_ms < ?2)
          ORDER BY epoch DESC, is_commit DESC, created_ms DESC, post_id DESC LIMIT 1",
-        [id.as_bytes().as_slice()],
+        params![id.as_bytes().as_slice(), received_before],
         |r| {
             let id: Vec<u8> = r.get(3)?;
             Ok(PostKey {

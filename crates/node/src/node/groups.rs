@@ -125,6 +125,10 @@ pub(super) struct GroupsState {
     caught_up_at: Option<Instant>,
     /// Periodic catch-up rounds so far.
     catch_up_rounds: u32,
+    /// When this run of the node started (node clock, ms).
+    started_ms: u64,
+    /// Groups for which a mailbox has answered a catch-up since start.
+    resumed: HashSet<GroupId>,
     connected_at: Option<Instant>,
     deposited_at: Option<Instant>,
     /// Inbox position of the last control message handled.
@@ -155,6 +159,8 @@ impl GroupsState {
             catching_up: HashSet::new(),
             caught_up_at: None,
             catch_up_rounds: 0,
+            started_ms: 0,
+            resumed: HashSet::new(),
             connected_at: None,
             deposited_at: None,
             control_seq: 0,
@@ -636,6 +642,9 @@ impl EventLoop {
             return;
         };
         self.groups.catching_up.insert(group);
+        // Until a catch-up since start completes, resume from what the node
+        // had before it started.
+        let before = (!self.groups.resumed.contains(&group)).then_some(self.groups.started_ms);
         self.background(move |store| {
             let c = store.connection();
             let Ok(g) = gstore::info(c, group) else {
@@ -648,7 +657,7 @@ impl EventLoop {
                     Vec::new(),
                 )));
             };
-            let cursor = gstore::cursor(c, group).ok().flatten();
+            let cursor = gstore::cursor(c, group, before).ok().flatten();
             let key = match cursor {
                 Some(k) if k.epoch >= g.epoch => PostKey {
                     epoch: k.epoch,
@@ -778,6 +787,9 @@ impl EventLoop {
                         _ => None,
                     };
                     bump(&self.shared.stats.group_pages_fetched);
+                    // A mailbox answered: later rounds go on from what
+                    // was applied.
+                    self.groups.resumed.insert(group);
                     self.group_background(move |store, cx| {
                         if let Err(e) = engine::store_posts(store, cx, posts) {
                             tracing::warn!("group catch-up: {e}");
@@ -1049,6 +1061,7 @@ impl EventLoop {
     pub(super) fn groups_tick(&mut self) {
         if !self.groups.started {
             self.groups.started = true;
+            self.groups.started_ms = self.now_ms();
             self.group_read_members();
             // Key packages are made (or topped up) once at start.
             self.group_work(
@@ -1119,7 +1132,10 @@ impl EventLoop {
                 let topic = IdentTopic::new(g.topic()).hash();
                 let in_mesh =
                     self.swarm.behaviour().gossipsub.mesh_peers(&topic).count() >= mesh_low;
-                if idle_tuning && in_mesh && !safety_net {
+                // The first round after start always asks: what was sent
+                // while the node was away is only in the mailboxes.
+                let resumed = self.groups.resumed.contains(&g);
+                if idle_tuning && in_mesh && !safety_net && resumed {
                     continue;
                 }
                 self.group_catch_up(g);
