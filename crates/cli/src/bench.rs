@@ -317,47 +317,8 @@ fn print_mls(r: &MlsCostReport) {
         "welcome bytes",
         "tree bytes",
     ];
-    let rows: Vec<[String; 11]> = r.sizes.iter().map(mls_row).collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|row| row[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| format!("| {} |", cells.join(" | "));
-    println!(
-        "{}",
-        line(
-            header
-                .iter()
-                .zip(&widths)
-                .map(|(h, &w)| format!("{h:>w$}"))
-                .collect()
-        )
-    );
-    println!(
-        "{}",
-        line(
-            widths
-                .iter()
-                .map(|w| format!("{}:", "-".repeat(w - 1)))
-                .collect()
-        )
-    );
-    for row in &rows {
-        println!(
-            "{}",
-            line(
-                row.iter()
-                    .zip(&widths)
-                    .map(|(c, &w)| format!("{c:>w$}"))
-                    .collect()
-            )
-        );
-    }
+    let rows: Vec<Vec<String>> = r.sizes.iter().map(|c| mls_row(c).to_vec()).collect();
+    print_table(&header, &rows, false);
     println!(
         "  build: the owner creates the group and adds everyone else in one commit (one run). \
          add member / commit: the owner creates, serializes and merges (commit = a rekey with \
@@ -549,49 +510,8 @@ fn print_bandwidth(r: &BandwidthReport) {
         "interactive p50/p99 ms",
         "bulk p50/p99 ms",
     ];
-    let rows: Vec<[String; 9]> = r.runs.iter().map(bandwidth_row).collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|row| row[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| format!("| {} |", cells.join(" | "));
-    let cells = |row: &[&str]| -> Vec<String> {
-        row.iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, &w))| {
-                if i == 0 {
-                    format!("{c:<w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect()
-    };
-    println!("{}", line(cells(&header)));
-    println!(
-        "{}",
-        line(
-            widths
-                .iter()
-                .enumerate()
-                .map(|(i, w)| if i == 0 {
-                    "-".repeat(*w)
-                } else {
-                    format!("{}:", "-".repeat(w - 1))
-                })
-                .collect()
-        )
-    );
-    for row in &rows {
-        let row: Vec<&str> = row.iter().map(String::as_str).collect();
-        println!("{}", line(cells(&row)));
-    }
+    let rows: Vec<Vec<String>> = r.runs.iter().map(|x| bandwidth_row(x).to_vec()).collect();
+    print_table(&header, &rows, true);
     println!(
         "  {} events over {:.0} s ({:.1} KiB of message bodies); bytes are every node's socket \
          writes from the window's start until the last delivery. Latencies: send to the \
@@ -605,4 +525,49 @@ fn print_bandwidth(r: &BandwidthReport) {
         "  every mechanism on: {:.1}% less traffic than adaptation off; {} message(s) lost",
         r.reduction_percent, r.lost
     );
+}
+
+/// Prints a Markdown table, columns right-aligned (the first one left if
+/// `first_left`), each as wide as its widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>], first_left: bool) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|row| row.get(i).map(|c| c.chars().count()))
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let left = |i: usize| first_left && i == 0;
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let cells: Vec<String> = cells
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                if left(i) {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        println!("| {} |", cells.join(" | "));
+    };
+    line(&mut header.iter().copied());
+    let rules: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            if left(i) {
+                "-".repeat(w.max(1))
+            } else {
+                format!("{}:", "-".repeat(w.max(2) - 1))
+            }
+        })
+        .collect();
+    line(&mut rules.iter().map(String::as_str));
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
 }
