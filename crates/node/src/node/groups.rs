@@ -127,8 +127,11 @@ pub(super) struct GroupsState {
     catch_up_rounds: u32,
     /// When this run of the node started (node clock, ms).
     started_ms: u64,
-    /// Groups for which a mailbox has answered a catch-up since start.
+    /// Groups for which a mailbox has answered a catch-up since start, or
+    /// joined since start.
     resumed: HashSet<GroupId>,
+    /// Whether the groups were read once since start.
+    members_read: bool,
     connected_at: Option<Instant>,
     deposited_at: Option<Instant>,
     /// Inbox position of the last control message handled.
@@ -161,6 +164,7 @@ impl GroupsState {
             catch_up_rounds: 0,
             started_ms: 0,
             resumed: HashSet::new(),
+            members_read: false,
             connected_at: None,
             deposited_at: None,
             control_seq: 0,
@@ -873,6 +877,16 @@ impl EventLoop {
                 for id in members.keys() {
                     self.group_subscribe(*id);
                 }
+                if self.groups.members_read {
+                    // Joined during this run: nothing from before the
+                    // start to resume, so no forced first catch-up.
+                    for id in members.keys() {
+                        if !self.groups.members.contains_key(id) {
+                            self.groups.resumed.insert(*id);
+                        }
+                    }
+                }
+                self.groups.members_read = true;
                 self.groups.members = members;
             }
             GroupDone::Control(effects) => {
