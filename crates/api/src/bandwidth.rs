@@ -55,8 +55,10 @@ pub(crate) struct BandwidthConfigView {
     pub(crate) adaptive_retry: bool,
     /// IHAVE to D_lazy peers only, IDONTWANT.
     pub(crate) gossip_tuning: bool,
-    /// Stretched keepalives, DHT refresh and catch-up polls when idle.
+    /// Stretched keepalives and catch-up polls when idle.
     pub(crate) idle_tuning: bool,
+    /// Mailbox lookups reused rather than repeated per message.
+    pub(crate) dht_tuning: bool,
     /// Upload budget, bytes per second (0: none).
     pub(crate) budget_bytes_per_sec: u64,
     /// Messages per request, at most.
@@ -135,6 +137,7 @@ impl From<BandwidthReport> for BandwidthView {
                 adaptive_retry: c.adaptive_retry,
                 gossip_tuning: c.gossip_tuning,
                 idle_tuning: c.idle_tuning,
+                dht_tuning: c.dht_tuning,
                 budget_bytes_per_sec: c.budget_bytes_per_sec,
                 max_batch: c.max_batch,
             },

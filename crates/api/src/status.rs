@@ -155,6 +155,8 @@ pub(crate) struct Stats {
     pub(crate) mailbox_expired: u64,
     /// Replicas of this node's messages that mailboxes accepted.
     pub(crate) mailbox_deposited: u64,
+    /// DHT lookups of a recipient's mailboxes made to deposit there.
+    pub(crate) mailbox_lookups: u64,
     /// Messages this node received from its mailboxes (first copies).
     pub(crate) mailbox_drained: u64,
     /// Receipts for this node's messages that came by the mailbox protocol.
@@ -250,6 +252,7 @@ impl From<StatsSnapshot> for Stats {
             mailbox_acks,
             mailbox_expired,
             mailbox_deposited,
+            mailbox_lookups,
             mailbox_drained,
             mailbox_receipts,
             mailbox_replicated,
@@ -324,6 +327,7 @@ impl From<StatsSnapshot> for Stats {
             mailbox_acks,
             mailbox_expired,
             mailbox_deposited,
+            mailbox_lookups,
             mailbox_drained,
             mailbox_receipts,
             mailbox_replicated,

@@ -498,6 +498,7 @@ pub(crate) async fn bandwidth_stats(data_dir: &Path, json: bool) -> anyhow::Resu
         "adaptive_retry",
         "gossip_tuning",
         "idle_tuning",
+        "dht_tuning",
     ]
     .into_iter()
     .filter(|k| c["adaptive"] == true && c[*k] == true)

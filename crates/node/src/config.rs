@@ -81,9 +81,13 @@ pub struct BandwidthConfig {
     pub adaptive_retry: bool,
     /// Gossip without waste: IHAVE to D_lazy peers only, IDONTWANT.
     pub gossip_tuning: bool,
-    /// Stretch keepalives, DHT refresh and group catch-up polling when
+    /// Stretch keepalives and group catch-up polling when
     /// nothing needs them.
     pub idle_tuning: bool,
+    /// No redundant DHT traffic: the mailboxes of a recipient are looked up
+    /// once and reused for a while (and one lookup serves every message
+    /// waiting on it), not once per deposit.
+    pub dht_tuning: bool,
     /// Upload budget in bytes per second (0 = none), everything the node
     /// sends counted at the transport: once spent, the node defers bulk
     /// messages and sheds ephemeral ones until it recovers; control,
@@ -104,6 +108,7 @@ impl Default for BandwidthConfig {
             adaptive_retry: true,
             gossip_tuning: true,
             idle_tuning: true,
+            dht_tuning: true,
             budget_bytes_per_sec: 0,
             max_batch: 32,
         }
@@ -142,6 +147,10 @@ impl BandwidthConfig {
     /// Idle tuning is on.
     pub fn idle_tuning_on(&self) -> bool {
         self.adaptive && self.idle_tuning
+    }
+    /// DHT tuning is on.
+    pub fn dht_tuning_on(&self) -> bool {
+        self.adaptive && self.dht_tuning
     }
     /// An upload budget is set. It is the user's limit, so it holds even
     /// with `adaptive = false`.
@@ -1049,7 +1058,8 @@ priorities = {bpr}                  # priority queues per peer, congestion contr
 batching = {bba}                    # several messages per request, receipts together
 adaptive_retry = {bar}              # retry by what is known of the peer
 gossip_tuning = {bgt}               # IHAVE to D_lazy peers only, IDONTWANT
-idle_tuning = {bit}                 # stretch keepalives, DHT refresh, catch-up polls when idle
+idle_tuning = {bit}                 # stretch keepalives and catch-up polls when idle
+dht_tuning = {bdt}                  # mailbox lookups reused, not repeated per message
 budget_bytes_per_sec = {bbu}           # upload budget (0 = none)
 max_batch = {bmb}                     # messages per request
 "#,
@@ -1066,6 +1076,7 @@ max_batch = {bmb}                     # messages per request
         bar = d.bandwidth.adaptive_retry,
         bgt = d.bandwidth.gossip_tuning,
         bit = d.bandwidth.idle_tuning,
+        bdt = d.bandwidth.dht_tuning,
         bbu = d.bandwidth.budget_bytes_per_sec,
         bmb = d.bandwidth.max_batch,
         rb = humantime::format_duration(d.delivery.retry_base),

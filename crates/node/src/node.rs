@@ -169,6 +169,8 @@ struct InFlight {
     id: MessageId,
     route: Route,
     attempt: u32,
+    /// Its priority class.
+    priority: peercomm_wire::Priority,
     envelope: Vec<u8>,
 }
 
@@ -752,6 +754,9 @@ const MAX_LOOKED_UP: usize = 10_000;
 const MAX_PUT_COUNTERS: usize = 10_000;
 /// The least time between two reachability lookups for one peer.
 const RELOOKUP_AFTER: Duration = Duration::from_secs(5);
+/// Why an ephemeral message for a peer that could not be reached was dropped.
+const UNREACHABLE_SHED: &str =
+    "shed: the recipient could not be reached, and ephemeral messages are not relayed or left at mailboxes";
 /// Records handed to one new routing-table peer at most.
 const HANDOFF_MAX: usize = 32;
 /// The least time between two bootstraps when the table runs low.
@@ -1222,6 +1227,12 @@ impl EventLoop {
                         ),
                     }
                 }
+                Some(_)
+                    if self.goes_routed(attempt.recipient, attempt.route)
+                        && self.sheds_when_unreachable(attempt.priority) =>
+                {
+                    self.shed(vec![attempt.id], UNREACHABLE_SHED);
+                }
                 Some(envelope) if self.goes_routed(attempt.recipient, attempt.route) => {
                     bump(&self.shared.stats.attempts);
                     self.in_flight_ids.insert(attempt.id);
@@ -1234,6 +1245,7 @@ impl EventLoop {
                         id: attempt.id,
                         route: attempt.route,
                         attempt: attempt.attempt,
+                        priority: attempt.priority,
                         envelope,
                     };
                     self.bw_enqueue(attempt.recipient, attempt.priority, flight, addrs);
@@ -1251,6 +1263,7 @@ impl EventLoop {
                             id: attempt.id,
                             route: attempt.route,
                             attempt: attempt.attempt,
+                            priority: attempt.priority,
                             envelope,
                         },
                     );
@@ -2234,6 +2247,12 @@ impl EventLoop {
             self.lookup_unreachable(peer);
         }
         let id = flight.id;
+        if unreachable && self.sheds_when_unreachable(flight.priority) {
+            // Typing and presence for a peer that is away would only be
+            // stale by the time relays or its mailboxes got them there.
+            self.shed(vec![id], UNREACHABLE_SHED);
+            return;
+        }
         if unreachable && flight.route == Route::Auto && self.shutdown.is_none() {
             // It cannot be dialled: let the network carry it.
             self.route.mark_unreachable(peer);

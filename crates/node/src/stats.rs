@@ -121,6 +121,8 @@ pub(crate) struct Stats {
     pub(crate) mailbox_expired: AtomicU64,
     /// Replicas of this node's messages that mailboxes accepted.
     pub(crate) mailbox_deposited: AtomicU64,
+    /// DHT lookups of a recipient's mailboxes made to deposit there.
+    pub(crate) mailbox_lookups: AtomicU64,
     /// Messages this node received from its mailboxes (first copies).
     pub(crate) mailbox_drained: AtomicU64,
     /// Receipts for this node's messages that came by the mailbox protocol.
@@ -215,6 +217,7 @@ pub struct StatsSnapshot {
     pub mailbox_acks: u64,
     pub mailbox_expired: u64,
     pub mailbox_deposited: u64,
+    pub mailbox_lookups: u64,
     pub mailbox_drained: u64,
     pub mailbox_receipts: u64,
     pub mailbox_replicated: u64,
@@ -486,6 +489,11 @@ impl StatsSnapshot {
                 self.mailbox_deposited,
             ),
             (
+                "peercomm_mailbox_lookups",
+                "DHT lookups of a recipient's mailboxes made to deposit there.",
+                self.mailbox_lookups,
+            ),
+            (
                 "peercomm_mailbox_drained",
                 "Messages this node received from its mailboxes (first copies).",
                 self.mailbox_drained,
@@ -676,6 +684,7 @@ impl Stats {
             mailbox_acks: g(&self.mailbox_acks),
             mailbox_expired: g(&self.mailbox_expired),
             mailbox_deposited: g(&self.mailbox_deposited),
+            mailbox_lookups: g(&self.mailbox_lookups),
             mailbox_drained: g(&self.mailbox_drained),
             mailbox_receipts: g(&self.mailbox_receipts),
             mailbox_replicated: g(&self.mailbox_replicated),

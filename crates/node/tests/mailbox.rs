@@ -673,3 +673,128 @@ async fn a_message_stays_in_the_mailboxes_until_its_receipt_is_placed() -> Resul
     net.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_for_one_recipient_share_one_mailbox_lookup_with_dht_tuning() -> Result<()> {
+    let mut net = start().await?;
+    let (sender, recipient) = (1, NODES - 1);
+    net.stop(recipient).await?;
+    let stats = |net: &SimNet| net.handle(sender).stats().mailbox_lookups;
+
+    // DHT tuning (the default): the first deposit looks the recipient's
+    // mailboxes up, the next ones reuse what it found.
+    let before = stats(&net);
+    let mut ids = Vec::new();
+    for k in 0..3 {
+        let body = format!("tuned {k}").into_bytes();
+        let (id, stored) =
+            send_while_away(&net, sender, recipient, &body, SendOptions::default()).await?;
+        ensure!(
+            stored.replicas == Some(4),
+            "replicas: {:?}",
+            stored.replicas
+        );
+        ids.push(id);
+    }
+    let tuned = stats(&net) - before;
+    ensure!(
+        tuned == 1,
+        "3 deposits made {tuned} mailbox lookups, want 1"
+    );
+
+    // Without it, every deposit looks them up again.
+    net.stop(sender).await?;
+    net.config_mut(sender).bandwidth.dht_tuning = false;
+    net.restart(sender).await?;
+    wait_joined(&net, &[sender]).await?;
+    let before = stats(&net);
+    for k in 0..3 {
+        let body = format!("untuned {k}").into_bytes();
+        let (id, _) =
+            send_while_away(&net, sender, recipient, &body, SendOptions::default()).await?;
+        ids.push(id);
+    }
+    let untuned = stats(&net) - before;
+    ensure!(
+        untuned == 3,
+        "3 deposits made {untuned} mailbox lookups, want 3"
+    );
+
+    // Nothing is lost either way.
+    net.restart(recipient).await?;
+    for id in ids {
+        wait_state(
+            net.handle(sender),
+            id,
+            DeliveryState::Delivered,
+            Duration::from_secs(60),
+        )
+        .await?;
+    }
+    net.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_messages_to_an_unreachable_peer_are_shed_not_relayed_or_deposited() -> Result<()>
+{
+    let mut net = start().await?;
+    let (sender, recipient) = (1, NODES - 1);
+    net.stop(recipient).await?;
+    let typing = SendOptions {
+        priority: Some(peercomm_node::Priority::Ephemeral),
+        ..SendOptions::default()
+    };
+    let id = net
+        .handle(sender)
+        .send(net.peer_id(recipient), b"typing".to_vec(), typing)
+        .await?;
+    let shed = wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Expired,
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure!(
+        shed.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("could not be reached")),
+        "why: {:?}",
+        shed.last_error
+    );
+    let s = net.handle(sender).stats();
+    ensure!(s.ephemeral_shed >= 1, "shed: {}", s.ephemeral_shed);
+    ensure!(
+        s.mailbox_lookups == 0 && s.mailbox_deposited == 0 && s.routed_sent == 0,
+        "an ephemeral message went on: {} lookups, {} deposits, {} routed",
+        s.mailbox_lookups,
+        s.mailbox_deposited,
+        s.routed_sent
+    );
+
+    // An interactive message to the same peer still waits for it.
+    let (id, stored) = send_while_away(
+        &net,
+        sender,
+        recipient,
+        b"call me back",
+        SendOptions::default(),
+    )
+    .await?;
+    ensure!(
+        stored.replicas == Some(4),
+        "replicas: {:?}",
+        stored.replicas
+    );
+    net.restart(recipient).await?;
+    wait_state(
+        net.handle(sender),
+        id,
+        DeliveryState::Delivered,
+        Duration::from_secs(60),
+    )
+    .await?;
+    net.shutdown().await;
+    Ok(())
+}

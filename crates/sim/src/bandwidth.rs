@@ -132,15 +132,17 @@ pub enum Mechanism {
     AdaptiveRetry,
     /// Gossip tuning (IHAVE to D_lazy peers, IDONTWANT) alone.
     GossipTuning,
-    /// Stretched keepalives, DHT refresh and catch-up polls alone.
+    /// Stretched keepalives and catch-up polls alone.
     IdleTuning,
+    /// Mailbox lookups reused, not repeated per message, alone.
+    DhtTuning,
     /// Every mechanism on (the default configuration).
     All,
 }
 
 impl Mechanism {
     /// Every run of the full benchmark, in order.
-    pub const EVERY: [Mechanism; 8] = [
+    pub const EVERY: [Mechanism; 9] = [
         Mechanism::Off,
         Mechanism::Compression,
         Mechanism::Priorities,
@@ -148,6 +150,7 @@ impl Mechanism {
         Mechanism::AdaptiveRetry,
         Mechanism::GossipTuning,
         Mechanism::IdleTuning,
+        Mechanism::DhtTuning,
         Mechanism::All,
     ];
 
@@ -164,6 +167,7 @@ impl Mechanism {
             Mechanism::AdaptiveRetry => "adaptive_retry",
             Mechanism::GossipTuning => "gossip_tuning",
             Mechanism::IdleTuning => "idle_tuning",
+            Mechanism::DhtTuning => "dht_tuning",
             Mechanism::All => "all",
         }
     }
@@ -178,6 +182,7 @@ impl Mechanism {
             adaptive_retry: false,
             gossip_tuning: false,
             idle_tuning: false,
+            dht_tuning: false,
             ..BandwidthConfig::default()
         };
         match self {
@@ -205,6 +210,10 @@ impl Mechanism {
             },
             Mechanism::IdleTuning => BandwidthConfig {
                 idle_tuning: true,
+                ..none
+            },
+            Mechanism::DhtTuning => BandwidthConfig {
+                dht_tuning: true,
                 ..none
             },
         }
@@ -714,8 +723,8 @@ pub struct RunReport {
     /// From the end of the window until the last delivery, seconds.
     pub drain_secs: f64,
     /// Bytes sent by protocol over the counted span, summed over the
-    /// nodes (a node that restarted counts from its restart), most first;
-    /// `overhead` is Noise, Yamux and handshakes.
+    /// nodes (what the nodes that went away sent before they went
+    /// included), most first; `overhead` is Noise, Yamux and handshakes.
     pub sent_by_protocol: Vec<(String, u64)>,
 }
 
@@ -768,7 +777,6 @@ pub async fn bandwidth(
         let top: Vec<String> = run
             .sent_by_protocol
             .iter()
-            .take(6)
             .map(|(p, b)| format!("{p} {:.0} KiB", *b as f64 / 1024.0))
             .collect();
         progress(&format!("by protocol: {}", top.join(", ")));
@@ -867,13 +875,19 @@ pub async fn run_once(
     result
 }
 
-/// Bytes out and ephemeral messages shed, per node, across restarts (a
-/// restarted node's counters start again from zero).
+/// Bytes out (in all and by protocol) and ephemeral messages shed, per
+/// node, across restarts (a restarted node's counters start again from
+/// zero).
 struct Tally {
     /// Each node's counters when the window started (zero after a restart).
     base: Vec<[u64; 2]>,
+    /// Each node's bytes by protocol when the window started (none after a
+    /// restart).
+    base_protocols: Vec<HashMap<String, u64>>,
     /// What nodes counted before they stopped.
     carried: [u64; 2],
+    /// What nodes sent by protocol before they stopped.
+    carried_protocols: HashMap<String, u64>,
 }
 
 impl Tally {
@@ -884,16 +898,26 @@ impl Tally {
         })
     }
 
-    fn start(net: &SimNet) -> Self {
+    async fn start(net: &SimNet) -> Self {
+        let mut base_protocols = Vec::with_capacity(net.len());
+        for i in 0..net.len() {
+            base_protocols.push(sent_by_protocol(net, i).await);
+        }
         Self {
             base: (0..net.len()).map(|i| Self::sample(net, i)).collect(),
+            base_protocols,
             carried: [0, 0],
+            carried_protocols: HashMap::new(),
         }
     }
 
     /// Node `i` stops: keep what it counted.
     async fn stop(&mut self, net: &mut SimNet, i: usize) -> Result<(), SimError> {
-        // The stats outlive the node; read them after its goodbyes.
+        // Only a running node answers for its meter (its goodbyes are not
+        // in it); the stats outlive the node: read them after its goodbyes.
+        let protocols = sent_by_protocol(net, i).await;
+        let base = std::mem::take(&mut self.base_protocols[i]);
+        add_since(&mut self.carried_protocols, protocols, &base);
         let handle = net.handle(i).clone();
         net.stop(i).await?;
         let s = handle.stats();
@@ -913,6 +937,31 @@ impl Tally {
             }
         }
         total
+    }
+
+    /// Bytes sent by protocol since the window started, summed over the
+    /// nodes, most first.
+    async fn total_by_protocol(&self, net: &SimNet) -> Vec<(String, u64)> {
+        let mut total = self.carried_protocols.clone();
+        for i in 0..net.len() {
+            let now = sent_by_protocol(net, i).await;
+            add_since(&mut total, now, &self.base_protocols[i]);
+        }
+        let mut total: Vec<(String, u64)> = total.into_iter().filter(|(_, b)| *b > 0).collect();
+        total.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+        total
+    }
+}
+
+/// Adds to `into` what `now` counts beyond `base`, protocol by protocol.
+fn add_since(
+    into: &mut HashMap<String, u64>,
+    now: HashMap<String, u64>,
+    base: &HashMap<String, u64>,
+) {
+    for (p, b) in now {
+        let since = b.saturating_sub(base.get(&p).copied().unwrap_or(0));
+        *into.entry(p).or_default() += since;
     }
 }
 
@@ -979,8 +1028,7 @@ async fn measure(
         })
     };
 
-    let protocols_at_start = sent_by_protocol(net).await;
-    let mut tally = Tally::start(net);
+    let mut tally = Tally::start(net).await;
     let started = Instant::now();
     let mut sent: Vec<Sent> = Vec::new();
     let mut posts: Vec<(usize, String)> = Vec::new();
@@ -1156,14 +1204,7 @@ async fn measure(
         }
     }
 
-    let mut by_protocol = sent_by_protocol(net).await;
-    for (p, b) in protocols_at_start {
-        if let Some(now) = by_protocol.get_mut(&p) {
-            *now = now.saturating_sub(b);
-        }
-    }
-    let mut sent_by_protocol: Vec<(String, u64)> = by_protocol.into_iter().collect();
-    sent_by_protocol.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+    let sent_by_protocol = tally.total_by_protocol(net).await;
 
     let expected = direct_expected + group_expected;
     let delivered = direct_delivered + group_delivered;
@@ -1195,18 +1236,18 @@ async fn measure(
     })
 }
 
-/// Bytes sent by protocol, summed over the running nodes, since each one's
-/// last start.
-async fn sent_by_protocol(net: &SimNet) -> HashMap<String, u64> {
+/// Bytes node `i` sent by protocol since its last start (nothing when it
+/// is not running); `overhead` is Noise, Yamux and handshakes.
+async fn sent_by_protocol(net: &SimNet, i: usize) -> HashMap<String, u64> {
     let mut by_protocol: HashMap<String, u64> = HashMap::new();
-    for i in 0..net.len() {
-        let Some(h) = net.try_handle(i) else { continue };
-        if let Ok(r) = h.bandwidth().await {
-            for p in r.meter.protocols {
-                *by_protocol.entry(p.protocol).or_default() += p.bytes_out;
-            }
-            *by_protocol.entry("overhead".into()).or_default() += r.meter.overhead_out;
+    let Some(h) = net.try_handle(i) else {
+        return by_protocol;
+    };
+    if let Ok(r) = h.bandwidth().await {
+        for p in r.meter.protocols {
+            *by_protocol.entry(p.protocol).or_default() += p.bytes_out;
         }
+        by_protocol.insert("overhead".into(), r.meter.overhead_out);
     }
     by_protocol
 }

@@ -320,9 +320,16 @@ impl EventLoop {
         );
     }
 
+    /// Whether a message of class `priority` is dropped, not relayed or
+    /// left at mailboxes, when its recipient cannot be reached: ephemeral
+    /// ones (typing, presence) with priorities on.
+    pub(super) fn sheds_when_unreachable(&self, priority: Priority) -> bool {
+        priority == Priority::Ephemeral && self.shared.config.bandwidth.priorities_on()
+    }
+
     /// Messages dropped before they were sent (ephemeral only): they end
     /// as expired, with why.
-    fn shed(&mut self, ids: Vec<MessageId>, why: &'static str) {
+    pub(super) fn shed(&mut self, ids: Vec<MessageId>, why: &'static str) {
         let now = self.now_ms();
         let events = self.shared.events.clone();
         for id in &ids {

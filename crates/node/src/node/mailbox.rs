@@ -29,12 +29,21 @@ pub(super) use handoff::HandoffPage;
 const MAX_ROUNDS: usize = 1024;
 /// Candidates beyond R a round may fall back to when mailboxes refuse.
 const SPARE_CANDIDATES: usize = 4;
+/// With DHT tuning, how long a recipient's looked-up mailboxes are reused
+/// for further deposits (the set moves only as nodes join or leave near
+/// its key; a mailbox that refuses or fails drops the entry at once).
+const PLACEMENT_REUSE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Recipients whose mailboxes are remembered, at most.
+const MAX_PLACEMENTS: usize = 1024;
 
 /// Where a mailbox lookup's answer goes.
 #[derive(Debug, Clone, Copy)]
 enum Placement {
     /// Deposit round `0`.
     Deposit(u64),
+    /// Where to deposit for this recipient: every round in
+    /// `MailboxState::placing` waits on it (DHT tuning).
+    Deposits(PeerId),
     /// Our own mailboxes, to drain.
     Drain,
     /// A recipient's mailbox set, for handoff `0`.
@@ -132,6 +141,11 @@ pub(super) struct MailboxState {
     /// Our messages handed to relays, to deposit if still undelivered at
     /// the time given (in order).
     deposit_due: VecDeque<(Instant, MessageId)>,
+    /// DHT tuning: each recipient's mailbox candidates (nearest first) and
+    /// when they were looked up.
+    placements: HashMap<PeerId, (Vec<PeerId>, Instant)>,
+    /// DHT tuning: rounds waiting on the one lookup of their recipient.
+    placing: HashMap<PeerId, Vec<u64>>,
     /// Drained messages whose receipts are placed: acknowledged together
     /// at the next tick.
     acks_due: Vec<(MessageId, PeerId)>,
@@ -160,7 +174,29 @@ impl MailboxState {
             pass_next: None,
             deposit_due: VecDeque::new(),
             acks_due: Vec::new(),
+            placements: HashMap::new(),
+            placing: HashMap::new(),
         }
+    }
+
+    /// `recipient`'s mailbox candidates, if looked up recently enough.
+    fn placement(&self, recipient: &PeerId) -> Option<Vec<PeerId>> {
+        self.placements
+            .get(recipient)
+            .filter(|(peers, at)| !peers.is_empty() && at.elapsed() < PLACEMENT_REUSE)
+            .map(|(peers, _)| peers.clone())
+    }
+
+    fn remember_placement(&mut self, recipient: PeerId, peers: &[PeerId]) {
+        if self.placements.len() >= MAX_PLACEMENTS {
+            self.placements
+                .retain(|_, (_, at)| at.elapsed() < PLACEMENT_REUSE);
+            if self.placements.len() >= MAX_PLACEMENTS {
+                self.placements.clear();
+            }
+        }
+        self.placements
+            .insert(recipient, (peers.to_vec(), Instant::now()));
     }
 
     /// Whether `query` is one of our mailbox lookups.
@@ -452,6 +488,28 @@ impl EventLoop {
                 refusal: None,
             },
         );
+        if !self.shared.config.bandwidth.dht_tuning_on() {
+            bump(&self.shared.stats.mailbox_lookups);
+            let query = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .get_closest_peers(mailbox_key(&recipient));
+            self.mailbox
+                .lookups
+                .insert(query, Placement::Deposit(round));
+            return;
+        }
+        if let Some(peers) = self.mailbox.placement(&recipient) {
+            self.place_round(round, peers);
+            return;
+        }
+        if let Some(waiting) = self.mailbox.placing.get_mut(&recipient) {
+            waiting.push(round);
+            return;
+        }
+        self.mailbox.placing.insert(recipient, vec![round]);
+        bump(&self.shared.stats.mailbox_lookups);
         let query = self
             .swarm
             .behaviour_mut()
@@ -459,7 +517,27 @@ impl EventLoop {
             .get_closest_peers(mailbox_key(&recipient));
         self.mailbox
             .lookups
-            .insert(query, Placement::Deposit(round));
+            .insert(query, Placement::Deposits(recipient));
+    }
+
+    /// Round `round_id` deposits at the first of `peers` (nearest first)
+    /// that take it.
+    fn place_round(&mut self, round_id: u64, peers: Vec<PeerId>) {
+        let me = self.shared.peer_id;
+        let r = self.shared.config.mailbox.replicas;
+        let Some(round) = self.mailbox.rounds.get_mut(&round_id) else {
+            return;
+        };
+        let recipient = round.recipient;
+        round.candidates = peers
+            .into_iter()
+            .filter(|p| *p != me && *p != recipient)
+            .take(r + SPARE_CANDIDATES)
+            .collect();
+        for _ in 0..r {
+            self.deposit_next(round_id);
+        }
+        self.finish_round_if_done(round_id);
     }
 
     /// The peers closest to a mailbox key, nearest first.
@@ -470,20 +548,15 @@ impl EventLoop {
         let me = self.shared.peer_id;
         let r = self.shared.config.mailbox.replicas;
         match placement {
-            Placement::Deposit(round_id) => {
-                let Some(round) = self.mailbox.rounds.get_mut(&round_id) else {
-                    return;
-                };
-                let recipient = round.recipient;
-                round.candidates = peers
-                    .into_iter()
-                    .filter(|p| *p != me && *p != recipient)
-                    .take(r + SPARE_CANDIDATES)
-                    .collect();
-                for _ in 0..r {
-                    self.deposit_next(round_id);
+            Placement::Deposit(round_id) => self.place_round(round_id, peers),
+            Placement::Deposits(recipient) => {
+                let rounds = self.mailbox.placing.remove(&recipient).unwrap_or_default();
+                if !peers.is_empty() {
+                    self.mailbox.remember_placement(recipient, &peers);
                 }
-                self.finish_round_if_done(round_id);
+                for round_id in rounds {
+                    self.place_round(round_id, peers.clone());
+                }
             }
             Placement::Drain => {
                 self.mailbox.drain_lookup = false;
@@ -584,8 +657,14 @@ impl EventLoop {
         match outbound {
             Outbound::Deposit { round } => {
                 let took = holds_it(&response);
+                let Some(r) = self.mailbox.rounds.get_mut(&round) else {
+                    return;
+                };
                 if !took {
                     tracing::debug!(%peer, ?response, "mailbox did not take the item");
+                    // Look the set up afresh next time.
+                    let recipient = r.recipient;
+                    self.mailbox.placements.remove(&recipient);
                 }
                 let Some(r) = self.mailbox.rounds.get_mut(&round) else {
                     return;
