@@ -489,15 +489,7 @@ impl EventLoop {
             },
         );
         if !self.shared.config.bandwidth.dht_tuning_on() {
-            bump(&self.shared.stats.mailbox_lookups);
-            let query = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .get_closest_peers(mailbox_key(&recipient));
-            self.mailbox
-                .lookups
-                .insert(query, Placement::Deposit(round));
+            self.deposit_lookup(recipient, Placement::Deposit(round));
             return;
         }
         if let Some(peers) = self.mailbox.placement(&recipient) {
@@ -509,15 +501,18 @@ impl EventLoop {
             return;
         }
         self.mailbox.placing.insert(recipient, vec![round]);
+        self.deposit_lookup(recipient, Placement::Deposits(recipient));
+    }
+
+    /// Looks `recipient`'s mailboxes up in the DHT, to deposit there.
+    fn deposit_lookup(&mut self, recipient: PeerId, placement: Placement) {
         bump(&self.shared.stats.mailbox_lookups);
         let query = self
             .swarm
             .behaviour_mut()
             .kad
             .get_closest_peers(mailbox_key(&recipient));
-        self.mailbox
-            .lookups
-            .insert(query, Placement::Deposits(recipient));
+        self.mailbox.lookups.insert(query, placement);
     }
 
     /// Round `round_id` deposits at the first of `peers` (nearest first)
