@@ -658,12 +658,8 @@ impl EventLoop {
                 if !took {
                     tracing::debug!(%peer, ?response, "mailbox did not take the item");
                     // Look the set up afresh next time.
-                    let recipient = r.recipient;
-                    self.mailbox.placements.remove(&recipient);
+                    self.mailbox.placements.remove(&r.recipient);
                 }
-                let Some(r) = self.mailbox.rounds.get_mut(&round) else {
-                    return;
-                };
                 r.pending = r.pending.saturating_sub(1);
                 match &response {
                     MailboxResponse::Deposited { reason, .. }
