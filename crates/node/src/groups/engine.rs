@@ -187,8 +187,6 @@ pub(crate) enum Change {
     Admins(Vec<PeerId>),
     /// New name and/or description.
     Rename(Option<String>, Option<String>),
-    /// Commit the stored proposals (a leave).
-    Pending,
 }
 
 /// Commits a change as the owner: MLS commit merged, post stored for
@@ -226,9 +224,7 @@ pub(crate) fn commit(
             cx.mls.add(&tx, id, &kps, aad)?
         }
         Change::Remove(peers) => cx.mls.remove(&tx, id, peers, aad)?,
-        Change::Admins(_) | Change::Rename(..) | Change::Pending => {
-            cx.mls.commit_pending(&tx, id, aad)?
-        }
+        Change::Admins(_) | Change::Rename(..) => cx.mls.commit_pending(&tx, id, aad)?,
     };
     let post = GroupPost::new(
         *id.as_bytes(),
@@ -862,21 +858,28 @@ fn on_request(
         )
         .map(|(_, e)| e),
         Some(Action::Leave(proposal)) => {
-            // The proposal commits as is when it is from this epoch;
-            // otherwise the envelope's signature (the leaving member's own
-            // key) is authority enough to remove it.
+            // The proposal went to the owner alone, so the other members
+            // cannot resolve a commit that names it by reference
+            // (ProposalNotFound): the owner checks it (when it is of this
+            // epoch) and removes the sender by value. The envelope's
+            // signature (the leaving member's own key) is authority enough
+            // when the proposal is of an earlier epoch. Nothing of the
+            // check is kept: the transaction is dropped.
             let tx = store.connection().unchecked_transaction()?;
-            let took = matches!(
-                cx.mls.process(&tx, id, &proposal, g.owner),
-                Ok(Processed::Proposal { sender, self_remove: true }) if sender == from
-            );
-            if took {
-                tx.commit()?;
-                commit(store, cx, id, Change::Pending).map(|(_, e)| e)
-            } else {
-                drop(tx);
-                commit(store, cx, id, Change::Remove(vec![from])).map(|(_, e)| e)
+            let checked = cx.mls.process(&tx, id, &proposal, g.owner);
+            drop(tx);
+            if let Ok(Processed::Proposal {
+                sender,
+                self_remove,
+            }) = checked
+            {
+                if sender != from || !self_remove {
+                    return Err(GroupError::Invalid(format!(
+                        "a leave request from {from} carries a proposal that is not its own removal"
+                    )));
+                }
             }
+            commit(store, cx, id, Change::Remove(vec![from])).map(|(_, e)| e)
         }
         _ => Err(GroupError::NotAdmin(id)),
     }
