@@ -2121,6 +2121,10 @@ impl EventLoop {
                         .unwrap_or_else(|p| p.into_inner())
                         .on_disconnected(peer_id, Instant::now());
                     self.route.router.forget_peer(&peer_id);
+                    // What it speaks is learnt again from the next
+                    // connection's identify: a peer that restarts may have
+                    // turned batching off (it would refuse a batch).
+                    self.bw.batch_peers.remove(&peer_id);
                     self.emit(NodeEvent::PeerDisconnected { peer: peer_id });
                 }
             }
@@ -2153,6 +2157,8 @@ impl EventLoop {
                 let speaks_kad = info.protocols.contains(&KAD_PROTOCOL);
                 if info.protocols.contains(&MSG_BATCH_PROTOCOL) {
                     self.bw.batch_peers.insert(peer_id);
+                } else {
+                    self.bw.batch_peers.remove(&peer_id);
                 }
                 for addr in info.listen_addrs {
                     if is_dialable(&addr) {
