@@ -103,6 +103,8 @@ pub(crate) struct Stats {
     pub(crate) dht_inbound_rate_limited: u64,
     /// Records handed to new close peers (Kademlia hand-off).
     pub(crate) dht_handoffs: u64,
+    /// Bootstraps that skipped their bucket refreshes (DHT tuning).
+    pub(crate) dht_refreshes_cut: u64,
     /// Messages sent into the routed network as the sender.
     pub(crate) routed_sent: u64,
     /// Routed messages passed on as a relay.
@@ -226,6 +228,7 @@ impl From<StatsSnapshot> for Stats {
             dht_lookup_requests,
             dht_inbound_rate_limited,
             dht_handoffs,
+            dht_refreshes_cut,
             routed_sent,
             routed_forwarded,
             routed_delivered,
@@ -301,6 +304,7 @@ impl From<StatsSnapshot> for Stats {
             dht_lookup_requests,
             dht_inbound_rate_limited,
             dht_handoffs,
+            dht_refreshes_cut,
             routed_sent,
             routed_forwarded,
             routed_delivered,

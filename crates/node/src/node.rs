@@ -725,6 +725,17 @@ struct DhtState {
     /// Record stores per peer in the current minute.
     puts: HashMap<PeerId, (Instant, u32)>,
     log: LookupLog,
+    /// When a bootstrap last refreshed every bucket.
+    full_refresh_at: Option<Instant>,
+    /// Bootstraps whose bucket refreshes are being skipped.
+    cutting: HashSet<QueryId>,
+}
+
+/// How long after a complete bootstrap a new one skips its bucket
+/// refreshes (DHT tuning): a minute, or half the refresh interval when
+/// that is shorter (so the periodic refresh always runs whole).
+fn full_refresh_gap(refresh_interval: Duration) -> Duration {
+    (refresh_interval / 2).min(Duration::from_secs(60))
 }
 
 struct PendingLookup {
@@ -1549,6 +1560,41 @@ impl EventLoop {
         }
     }
 
+    /// A step of a bootstrap finished (the self-lookup, or one bucket's
+    /// refresh). With DHT tuning, a bootstrap that starts within
+    /// [`full_refresh_gap`] of a complete one keeps its self-lookup and
+    /// skips the bucket refreshes: Kademlia starts one whenever a peer
+    /// enters a table of fewer than 20, so in a small network every peer
+    /// coming back online had every node walk every bucket again (most of
+    /// the DHT's bytes). Each further step is finished before it sends a
+    /// request; the periodic refresh and a node's first bootstrap run whole.
+    fn on_bootstrap_step(&mut self, id: QueryId, last: bool) {
+        let cut = self.dht.cutting.contains(&id);
+        if last {
+            if !self.dht.cutting.remove(&id) {
+                self.dht.full_refresh_at = Some(Instant::now());
+            }
+            return;
+        }
+        let gap = full_refresh_gap(self.shared.config.dht.refresh_interval);
+        let soon_after_full = self.shared.config.bandwidth.dht_tuning_on()
+            && self.dht.joined
+            && self
+                .dht
+                .full_refresh_at
+                .is_some_and(|at| at.elapsed() < gap);
+        if !cut && !soon_after_full {
+            return;
+        }
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            q.finish();
+            if !cut {
+                self.dht.cutting.insert(id);
+                bump(&self.shared.stats.dht_refreshes_cut);
+            }
+        }
+    }
+
     /// Our record under `/peercomm/peer/<us>`, to the k closest peers.
     fn publish(&mut self) {
         self.dht.last_publish = Some(Instant::now());
@@ -1807,6 +1853,7 @@ impl EventLoop {
                 ..
             } => match result {
                 kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining, .. })) => {
+                    self.on_bootstrap_step(id, step.last);
                     // The table has peers: fetch what waited for us at once,
                     // without waiting for every bucket's refresh.
                     self.mailbox_first_drain();
@@ -1817,6 +1864,9 @@ impl EventLoop {
                     }
                 }
                 kad::QueryResult::Bootstrap(Err(e)) => {
+                    if step.last {
+                        self.dht.cutting.remove(&id);
+                    }
                     // A bootstrap that timed out still filled the table.
                     tracing::debug!("bootstrap: {e}");
                     if self.routing_table_len() > 0 && !self.dht.joined {

@@ -69,6 +69,9 @@ pub(crate) struct Stats {
     pub(crate) dht_inbound_rate_limited: AtomicU64,
     /// Records handed to peers new to the routing table that are among the k closest to them.
     pub(crate) dht_handoffs: AtomicU64,
+    /// Bootstraps that skipped their bucket refreshes, coming soon after a
+    /// complete one (DHT tuning).
+    pub(crate) dht_refreshes_cut: AtomicU64,
     /// Messages this node sent into the routed network (as the sender).
     pub(crate) routed_sent: AtomicU64,
     /// Routed messages this node passed on as a relay.
@@ -191,6 +194,7 @@ pub struct StatsSnapshot {
     pub dht_lookup_requests: u64,
     pub dht_inbound_rate_limited: u64,
     pub dht_handoffs: u64,
+    pub dht_refreshes_cut: u64,
     pub routed_sent: u64,
     pub routed_forwarded: u64,
     pub routed_delivered: u64,
@@ -357,6 +361,11 @@ impl StatsSnapshot {
                 "peercomm_dht_handoffs",
                 "Records handed to peers new to the routing table that are among the k closest to them.",
                 self.dht_handoffs,
+            ),
+            (
+                "peercomm_dht_refreshes_cut",
+                "Bootstraps that skipped their bucket refreshes, coming soon after a complete one (DHT tuning).",
+                self.dht_refreshes_cut,
             ),
             (
                 "peercomm_routed_sent",
@@ -658,6 +667,7 @@ impl Stats {
             dht_lookup_requests: g(&self.dht_lookup_requests),
             dht_inbound_rate_limited: g(&self.dht_inbound_rate_limited),
             dht_handoffs: g(&self.dht_handoffs),
+            dht_refreshes_cut: g(&self.dht_refreshes_cut),
             routed_sent: g(&self.routed_sent),
             routed_forwarded: g(&self.routed_forwarded),
             routed_delivered: g(&self.routed_delivered),

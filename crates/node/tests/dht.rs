@@ -276,3 +276,50 @@ async fn a_peer_flooding_dht_requests_is_rate_limited() -> Result<()> {
     net.shutdown().await;
     Ok(())
 }
+
+/// Kademlia bootstraps again whenever a peer enters a table of fewer than 20.
+/// With DHT tuning, one that starts within a minute of a complete bootstrap
+/// keeps its self-lookup and skips the bucket refreshes; without it none is
+/// cut. Either way every node still finds every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstraps_soon_after_a_complete_one_skip_their_bucket_refreshes_with_dht_tuning(
+) -> Result<()> {
+    const NODES: usize = 8;
+    for tuning in [true, false] {
+        let mut options = bootstrap_net(NODES, SimTransport::Memory);
+        options.config.dht.refresh_interval = Duration::from_secs(300);
+        options.config.bandwidth.dht_tuning = tuning;
+        let net = SimNet::start(options).await?;
+        let all: Vec<usize> = (0..NODES).collect();
+        wait_joined(&net, &all, Duration::from_secs(60)).await?;
+        let cut = |net: &SimNet| -> u64 {
+            (0..NODES)
+                .map(|i| net.handle(i).stats().dht_refreshes_cut)
+                .sum()
+        };
+        if tuning {
+            // Nodes that joined later entered the tables of those that
+            // joined earlier, each start of a bootstrap there.
+            wait_until(Duration::from_secs(30), "a bootstrap cut short", || {
+                let c = cut(&net);
+                async move { c > 0 }
+            })
+            .await?;
+        } else {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            ensure!(cut(&net) == 0, "cut {} with DHT tuning off", cut(&net));
+        }
+        for i in 0..NODES {
+            for j in 0..NODES {
+                if i != j {
+                    ensure!(
+                        find_ok(net.handle(i), net.peer_id(j)).await,
+                        "node {i} cannot find node {j} (DHT tuning {tuning})"
+                    );
+                }
+            }
+        }
+        net.shutdown().await;
+    }
+    Ok(())
+}
