@@ -263,68 +263,50 @@ async fn a_flooding_sender_is_refused_past_its_quota_and_others_get_through() ->
     net.stop(recipient).await?;
     // 6 mailbox candidates (8 nodes less the sender and the recipient), 2
     // items each from one sender for one recipient: 12 replicas at most.
-    let mut ids = Vec::new();
+    // The messages go one at a time, each settled before the next, so which
+    // of them the quota refuses is fixed: the first two fill the 4 nearest
+    // mailboxes, the next two the 2 spares, the last four find no room.
+    // (Sent all at once, the 12 places are shared out in arrival order.)
+    let handle = net.handle(flooder).clone();
+    let mut replicas = Vec::new();
+    let mut reasons = Vec::new();
     for n in 0..8u8 {
-        let id = net
-            .handle(flooder)
+        let id = handle
             .send(to, vec![b'f', n], SendOptions::default())
             .await?;
-        ids.push(id);
-    }
-    let handle = net.handle(flooder).clone();
-    let settled = ids.clone();
-    // The refusal each refused message recorded (a later retry may note
-    // another error over it).
-    let reasons = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
-    let seen = reasons.clone();
-    wait_until(
-        Duration::from_secs(60),
-        "every deposit round settled",
-        || {
-            let (handle, ids, seen) = (handle.clone(), settled.clone(), seen.clone());
+        // The refusal this message recorded (a later retry may note another
+        // error over it).
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let settled = seen.clone();
+        wait_until(Duration::from_secs(60), "the deposit round settled", || {
+            let (handle, seen) = (handle.clone(), settled.clone());
             async move {
-                let mut done = 0;
-                for id in &ids {
-                    if let Ok(Some(m)) = handle.message_state(*id).await {
-                        let refusal = m.last_error.filter(|e| e.contains("no mailbox took"));
-                        if let Some(reason) = &refusal {
-                            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-                            seen.insert(*id, reason.clone());
-                        }
-                        if m.replicas.is_some() || refusal.is_some() {
-                            done += 1;
-                        }
-                    }
+                let Ok(Some(m)) = handle.message_state(id).await else {
+                    return false;
+                };
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(reason) = m.last_error.filter(|e| e.contains("no mailbox took")) {
+                    seen.get_or_insert(reason);
                 }
-                done == ids.len()
+                m.replicas.is_some() || seen.is_some()
             }
-        },
-    )
-    .await?;
-    let reasons = reasons.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut replicas = 0;
-    let mut refused = 0;
-    for id in &ids {
-        let m = net
-            .handle(flooder)
-            .message_state(*id)
-            .await?
-            .context("row")?;
-        replicas += m.replicas.unwrap_or(0);
-        if m.replicas.is_none() {
-            refused += 1;
-            let error = reasons.get(id).cloned().unwrap_or_default();
-            ensure!(
-                error.contains("waiting here for this recipient"),
-                "the reason: {error}"
-            );
-        }
+        })
+        .await?;
+        let m = handle.message_state(id).await?.context("row")?;
+        replicas.push(m.replicas.unwrap_or(0));
+        reasons.push(seen.lock().unwrap_or_else(|p| p.into_inner()).clone());
     }
-    ensure!(replicas <= 12, "{replicas} replicas past the quota");
     ensure!(
-        refused >= 2,
-        "only {refused} messages were refused everywhere"
+        replicas == [4, 4, 2, 2, 0, 0, 0, 0],
+        "replicas per message: {replicas:?}"
     );
+    for (n, reason) in reasons.iter().enumerate().skip(4) {
+        let reason = reason.as_deref().unwrap_or_default();
+        ensure!(
+            reason.contains("waiting here for this recipient"),
+            "message {n}'s reason: {reason}"
+        );
+    }
     let refusals: u64 = (0..NODES)
         .filter(|i| *i != recipient)
         .map(|i| net.handle(i).stats().mailbox_refused)
