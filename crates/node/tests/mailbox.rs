@@ -2,7 +2,6 @@
 //! (and in one test the sender too) offline while the message waits at the
 //! mailboxes closest to the recipient's mailbox key.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
