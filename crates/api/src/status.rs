@@ -175,6 +175,12 @@ pub(crate) struct Stats {
     pub(crate) group_posts_rejected: u64,
     /// Pages of group posts fetched from group mailboxes (catch-up).
     pub(crate) group_pages_fetched: u64,
+    /// Large group posts this node announced on a topic instead of pushing them (served on request).
+    pub(crate) group_posts_announced: u64,
+    /// Announced group posts this node fetched from the member that forwarded the announcement.
+    pub(crate) group_posts_pulled: u64,
+    /// Announced group posts no member served (left to catch-up from the group's mailboxes).
+    pub(crate) group_pulls_failed: u64,
     /// Batch requests sent (several messages to one peer in one request).
     pub(crate) batches_sent: u64,
     /// Messages left for a later round because their peer's queue was full.
@@ -264,6 +270,9 @@ impl From<StatsSnapshot> for Stats {
             group_posts_received,
             group_posts_rejected,
             group_pages_fetched,
+            group_posts_announced,
+            group_posts_pulled,
+            group_pulls_failed,
             batches_sent,
             queue_full,
             ephemeral_shed,
@@ -340,6 +349,9 @@ impl From<StatsSnapshot> for Stats {
             group_posts_received,
             group_posts_rejected,
             group_pages_fetched,
+            group_posts_announced,
+            group_posts_pulled,
+            group_pulls_failed,
             batches_sent,
             queue_full,
             ephemeral_shed,

@@ -143,6 +143,12 @@ pub(crate) struct Stats {
     pub(crate) group_posts_rejected: AtomicU64,
     /// Pages of group posts fetched from group mailboxes (catch-up).
     pub(crate) group_pages_fetched: AtomicU64,
+    /// Large group posts this node announced on a topic instead of pushing them (served on request).
+    pub(crate) group_posts_announced: AtomicU64,
+    /// Announced group posts this node fetched from the member that forwarded the announcement.
+    pub(crate) group_posts_pulled: AtomicU64,
+    /// Announced group posts no member served (left to catch-up from the group's mailboxes).
+    pub(crate) group_pulls_failed: AtomicU64,
     /// Batch requests sent (several messages to one peer in one request).
     pub(crate) batches_sent: AtomicU64,
     /// Messages left for a later round because their peer's queue was full.
@@ -230,6 +236,9 @@ pub struct StatsSnapshot {
     pub group_posts_received: u64,
     pub group_posts_rejected: u64,
     pub group_pages_fetched: u64,
+    pub group_posts_announced: u64,
+    pub group_posts_pulled: u64,
+    pub group_pulls_failed: u64,
     pub batches_sent: u64,
     pub queue_full: u64,
     pub ephemeral_shed: u64,
@@ -543,6 +552,21 @@ impl StatsSnapshot {
                 self.group_pages_fetched,
             ),
             (
+                "peercomm_group_posts_announced",
+                "Large group posts this node announced on a topic instead of pushing them (served on request).",
+                self.group_posts_announced,
+            ),
+            (
+                "peercomm_group_posts_pulled",
+                "Announced group posts this node fetched from the member that forwarded the announcement.",
+                self.group_posts_pulled,
+            ),
+            (
+                "peercomm_group_pulls_failed",
+                "Announced group posts no member served (left to catch-up from the group's mailboxes).",
+                self.group_pulls_failed,
+            ),
+            (
                 "peercomm_batches_sent",
                 "Batch requests sent (several messages to one peer in one request).",
                 self.batches_sent,
@@ -703,6 +727,9 @@ impl Stats {
             group_posts_received: g(&self.group_posts_received),
             group_posts_rejected: g(&self.group_posts_rejected),
             group_pages_fetched: g(&self.group_pages_fetched),
+            group_posts_announced: g(&self.group_posts_announced),
+            group_posts_pulled: g(&self.group_posts_pulled),
+            group_pulls_failed: g(&self.group_pulls_failed),
             batches_sent: g(&self.batches_sent),
             queue_full: g(&self.queue_full),
             ephemeral_shed: g(&self.ephemeral_shed),

@@ -31,6 +31,14 @@ async fn wait_joined(net: &SimNet, indices: &[usize]) -> Result<()> {
 }
 
 async fn start(nodes: usize, transport: SimTransport) -> Result<SimNet> {
+    start_with(nodes, transport, |_| {}).await
+}
+
+async fn start_with(
+    nodes: usize,
+    transport: SimTransport,
+    configure: impl FnOnce(&mut SimOptions),
+) -> Result<SimNet> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -38,6 +46,7 @@ async fn start(nodes: usize, transport: SimTransport) -> Result<SimNet> {
     let mut options = SimOptions::new(nodes, Topology::Isolated);
     options.bootstrap_via = Some(0);
     options.transport = transport;
+    configure(&mut options);
     println!("seed {}", options.seed);
     let net = SimNet::start(options).await?;
     wait_joined(&net, &(0..nodes).collect::<Vec<_>>()).await?;
@@ -174,6 +183,109 @@ async fn a_small_group_forms_and_every_member_reads_every_message() -> Result<()
         ensure!(members[0].owner && members[0].peer == net.peer_id(1));
     }
     net.shutdown().await;
+    Ok(())
+}
+
+/// `len` characters of letters and digits that do not compress below
+/// about 6 bits each: a stand-in for a photo's bytes in a UTF-8 body.
+fn photo(len: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+            alphabet[(x >> 33) as usize % alphabet.len()] as char
+        })
+        .collect()
+}
+
+/// Member 3 posts a 6,000-character photo and member 4 a line of text;
+/// every member reads each exactly once. Returns, per member 1..=5, what
+/// its stats counted meanwhile: (announced, pulled, pulls failed).
+async fn a_photo_and_a_line(gossip_tuning: bool) -> Result<Vec<(u64, u64, u64)>> {
+    let net = start_with(6, SimTransport::Tcp, |o| {
+        o.config.bandwidth.gossip_tuning = gossip_tuning;
+    })
+    .await?;
+    let group = form(&net, 1, &[2, 3, 4, 5]).await?;
+    let members = [1, 2, 3, 4, 5];
+    // Commits of a growing group can pass the announcement threshold too:
+    // count from here, once their announcements are out of gossip's
+    // window (5 heartbeats of 300 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = |net: &SimNet| {
+        members.map(|i| {
+            let s = net.handle(i).stats();
+            (
+                s.group_posts_announced,
+                s.group_posts_pulled,
+                s.group_pulls_failed,
+            )
+        })
+    };
+    let before = counts(&net);
+    let photo = photo(6000);
+    net.handle(3)
+        .group_send(group, photo.clone().into_bytes())
+        .await?;
+    net.handle(4)
+        .group_send(group, b"nice one".to_vec())
+        .await?;
+    wait_body(&net, &[1, 2, 4, 5], group, &photo).await?;
+    wait_body(&net, &[1, 2, 3, 5], group, "nice one").await?;
+    let since = |net: &SimNet| {
+        counts(net)
+            .iter()
+            .zip(before)
+            .map(|(now, then)| (now.0 - then.0, now.1 - then.1, now.2 - then.2))
+            .collect::<Vec<_>>()
+    };
+    if gossip_tuning {
+        // Each member other than the author fetches the photo when the
+        // announcement first reaches it (from its mesh, or by gossip).
+        wait_until(
+            Duration::from_secs(30),
+            "every member but the author pulled the photo",
+            || {
+                let pulled = since(&net).iter().filter(|s| s.1 > 0).count();
+                async move { pulled >= 4 }
+            },
+        )
+        .await?;
+    }
+    for i in members {
+        let b = bodies(net.handle(i), group).await?;
+        for body in [photo.as_str(), "nice one"] {
+            let n = b.iter().filter(|x| *x == body).count();
+            ensure!(n == 1, "node {i} holds {body:.12}… {n} times");
+        }
+    }
+    let out = since(&net);
+    net.shutdown().await;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_post_is_announced_and_each_member_pulls_it_once() -> Result<()> {
+    let _machine = MACHINE.read().await;
+    let stats = a_photo_and_a_line(true).await?;
+    // Members 1..=5; member 3 wrote the photo, member 4 the short line
+    // (pushed whole: too small to announce).
+    ensure!(
+        stats == [(0, 1, 0), (0, 1, 0), (1, 0, 0), (0, 1, 0), (0, 1, 0)],
+        "(announced, pulled, failed) per member: {stats:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_gossip_tuning_every_post_is_pushed_whole() -> Result<()> {
+    let _machine = MACHINE.read().await;
+    let stats = a_photo_and_a_line(false).await?;
+    ensure!(
+        stats.iter().all(|s| *s == (0, 0, 0)),
+        "(announced, pulled, failed) per member: {stats:?}"
+    );
     Ok(())
 }
 

@@ -86,6 +86,7 @@ impl GroupPost {
             commit,
             created_ms,
             mls: mls.clone(),
+            ..Default::default()
         }
         .encode_to_vec();
         Self {
@@ -109,6 +110,11 @@ impl GroupPost {
         let raw = pb::GroupPost::decode(bytes).map_err(|e| PostError::Malformed(e.to_string()))?;
         let group_id = <[u8; 16]>::try_from(raw.group_id.as_slice())
             .map_err(|_| PostError::Malformed("the group id is not 16 bytes".into()))?;
+        if !raw.announces.is_empty() {
+            return Err(PostError::Malformed(
+                "an announcement, not a post (announcements travel on the topic only)".into(),
+            ));
+        }
         if raw.mls.is_empty() {
             return Err(PostError::Malformed("no MLS message".into()));
         }
@@ -123,6 +129,94 @@ impl GroupPost {
             mls: raw.mls,
             encoded: bytes.to_vec(),
         })
+    }
+}
+
+/// A large post's announcement on its group's topic: who holds the post
+/// (the peer that forwarded the announcement) serves it once to each mesh
+/// peer that asks, instead of every mesh peer pushing it to every other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PostAnnounce {
+    /// The group.
+    pub group_id: [u8; 16],
+    /// The announced post's place and id.
+    pub key: PostKey,
+    /// The announced post's encoded size.
+    pub size: u32,
+}
+
+impl PostAnnounce {
+    /// The announcement of `post`.
+    pub fn of(post: &GroupPost) -> Self {
+        Self {
+            group_id: post.group_id,
+            key: post.key,
+            size: post.encoded.len() as u32,
+        }
+    }
+
+    /// Encodes the announcement (a `GroupPost` with `announces` set).
+    pub fn encode(&self) -> Vec<u8> {
+        pb::GroupPost {
+            group_id: self.group_id.to_vec(),
+            epoch: self.key.epoch,
+            commit: self.key.commit,
+            created_ms: self.key.created_ms,
+            announces: self.key.post_id.to_vec(),
+            size: self.size,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// Whether `post` is the one announced.
+    pub fn matches(&self, post: &GroupPost) -> bool {
+        post.group_id == self.group_id
+            && post.key == self.key
+            && post.encoded.len() == self.size as usize
+    }
+}
+
+/// What a group's topic carries: a post, or a large post's announcement.
+#[derive(Clone, Debug)]
+pub enum GroupGossip {
+    /// A whole post.
+    Post(GroupPost),
+    /// A post to fetch from the peer that forwarded this.
+    Announce(PostAnnounce),
+}
+
+impl GroupGossip {
+    /// Decodes and checks what came on a topic.
+    pub fn decode(bytes: &[u8]) -> Result<Self, PostError> {
+        if bytes.len() > MAX_GROUP_POST_BYTES {
+            return Err(PostError::TooLarge(bytes.len()));
+        }
+        let raw = pb::GroupPost::decode(bytes).map_err(|e| PostError::Malformed(e.to_string()))?;
+        if raw.announces.is_empty() {
+            return GroupPost::decode(bytes).map(GroupGossip::Post);
+        }
+        let malformed = |what: &str| PostError::Malformed(format!("announcement: {what}"));
+        let group_id = <[u8; 16]>::try_from(raw.group_id.as_slice())
+            .map_err(|_| malformed("the group id is not 16 bytes"))?;
+        let post_id = <[u8; 16]>::try_from(raw.announces.as_slice())
+            .map_err(|_| malformed("the post id is not 16 bytes"))?;
+        if !raw.mls.is_empty() {
+            return Err(malformed("it carries an MLS message"));
+        }
+        if raw.size == 0 || raw.size as usize > MAX_GROUP_POST_BYTES {
+            return Err(malformed("the size is 0 or over the post limit"));
+        }
+        Ok(GroupGossip::Announce(PostAnnounce {
+            group_id,
+            key: PostKey {
+                epoch: raw.epoch,
+                commit: raw.commit,
+                created_ms: raw.created_ms,
+                post_id,
+            },
+            size: raw.size,
+        }))
     }
 }
 
@@ -216,4 +310,56 @@ pub fn verify_key_packages(bytes: &[u8], now_ms: u64) -> Result<KeyPackages, Rec
         fresh: body.fresh,
         last_resort: body.last_resort,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(len: usize) -> GroupPost {
+        GroupPost::new([7; 16], 3, false, 1_700_000_000_000, vec![0xAB; len])
+    }
+
+    #[test]
+    fn an_announcement_round_trips_and_matches_only_its_post() {
+        let big = post(6000);
+        let announce = PostAnnounce::of(&big);
+        let bytes = announce.encode();
+        assert!(bytes.len() < 80, "{} bytes", bytes.len());
+        match GroupGossip::decode(&bytes) {
+            Ok(GroupGossip::Announce(a)) => {
+                assert_eq!(a, announce);
+                assert!(a.matches(&big));
+                assert!(!a.matches(&post(6001)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match GroupGossip::decode(&big.encoded) {
+            Ok(GroupGossip::Post(p)) => assert_eq!(p.key, big.key),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_announcement_is_never_a_post_and_bad_ones_are_refused() {
+        let announce = PostAnnounce::of(&post(2000));
+        // A mailbox or catch-up decoding posts refuses an announcement.
+        assert!(GroupPost::decode(&announce.encode()).is_err());
+        let raw = |f: &dyn Fn(&mut pb::GroupPost)| {
+            let mut p = pb::GroupPost {
+                group_id: vec![7; 16],
+                announces: vec![1; 16],
+                size: 100,
+                ..Default::default()
+            };
+            f(&mut p);
+            GroupGossip::decode(&p.encode_to_vec())
+        };
+        assert!(raw(&|_| {}).is_ok());
+        assert!(raw(&|p| p.announces = vec![1; 15]).is_err());
+        assert!(raw(&|p| p.group_id = vec![7; 17]).is_err());
+        assert!(raw(&|p| p.mls = vec![1]).is_err());
+        assert!(raw(&|p| p.size = 0).is_err());
+        assert!(raw(&|p| p.size = MAX_GROUP_POST_BYTES as u32 + 1).is_err());
+    }
 }

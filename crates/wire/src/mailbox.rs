@@ -105,6 +105,13 @@ pub enum MailboxRequest {
         /// Posts wanted at most.
         limit: u32,
     },
+    /// One announced post (answered with a `GroupPage` of it, or of nothing).
+    GroupGet {
+        /// The group (16 bytes).
+        group_id: [u8; 16],
+        /// The post's id.
+        post_id: [u8; 16],
+    },
 }
 
 fn too_large(what: &'static str, len: usize, max: usize) -> ResponseError {
@@ -180,6 +187,12 @@ impl MailboxRequest {
                 post_id: after.post_id.to_vec(),
                 limit: *limit,
             }),
+            MailboxRequest::GroupGet { group_id, post_id } => {
+                mailbox_request::Request::GroupGet(pb::GroupGet {
+                    group_id: group_id.to_vec(),
+                    post_id: post_id.to_vec(),
+                })
+            }
         };
         pb::MailboxRequest {
             request: Some(request),
@@ -245,6 +258,12 @@ impl MailboxRequest {
                     },
                 },
                 limit: f.limit,
+            },
+            Some(mailbox_request::Request::GroupGet(g)) => MailboxRequest::GroupGet {
+                group_id: <[u8; 16]>::try_from(g.group_id.as_slice())
+                    .map_err(|_| malformed("group get: the group id is not 16 bytes"))?,
+                post_id: <[u8; 16]>::try_from(g.post_id.as_slice())
+                    .map_err(|_| malformed("group get: the post id is not 16 bytes"))?,
             },
             None => return Err(malformed("mailbox request: nothing set")),
         };
@@ -560,6 +579,10 @@ mod tests {
                 ids: ids(5),
             },
             MailboxRequest::Notify { items: 3 },
+            MailboxRequest::GroupGet {
+                group_id: [4; 16],
+                post_id: [5; 16],
+            },
         ];
         for request in requests {
             assert_eq!(MailboxRequest::decode(&request.encode()).unwrap(), request);

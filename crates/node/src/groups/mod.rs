@@ -277,6 +277,7 @@ pub(crate) mod engine;
 mod handle;
 pub mod mailbox;
 pub(crate) mod mls;
+pub(crate) mod pull;
 pub(crate) mod store;
 
 pub(crate) use handle::GroupCommand;

@@ -13,7 +13,8 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::PeerId;
 use peercomm_store::Store;
 use peercomm_wire::group::{
-    key_packages_key, sign_key_packages, verify_key_packages, GroupPost, KeyPackages, PostKey,
+    key_packages_key, sign_key_packages, verify_key_packages, GroupGossip, GroupPost, KeyPackages,
+    PostAnnounce, PostKey,
 };
 use peercomm_wire::pb::MailDepositCode;
 use peercomm_wire::{MailboxRequest, MailboxResponse};
@@ -23,6 +24,7 @@ use super::{EventLoop, Internal};
 use crate::groups::engine::{self, Change, Cx, Effects};
 use crate::groups::mailbox::group_mailbox_key;
 use crate::groups::mls::Mls;
+use crate::groups::pull::{PostCache, Pull, MAX_PULLS, PULL_FROM_BYTES};
 use crate::groups::store as gstore;
 use crate::groups::{GroupChange, GroupCommand, GroupError, GroupId, GroupState};
 use crate::mailbox::by_distance;
@@ -97,6 +99,10 @@ enum Outbound {
         /// Mailboxes still to ask after this one.
         rest: Vec<PeerId>,
     },
+    /// An announced post, from a member.
+    Pull {
+        post: [u8; 16],
+    },
 }
 
 /// Group state kept by the event loop.
@@ -139,6 +145,10 @@ pub(super) struct GroupsState {
     control_received: u64,
     control_running: bool,
     started: bool,
+    /// Large posts we can serve to members that heard their announcement.
+    cache: PostCache,
+    /// Announced posts being fetched, by post id.
+    pulls: HashMap<[u8; 16], Pull>,
 }
 
 impl GroupsState {
@@ -171,6 +181,8 @@ impl GroupsState {
             control_received: u64::MAX,
             control_running: false,
             started: false,
+            cache: PostCache::default(),
+            pulls: HashMap::new(),
         }
     }
 
@@ -543,19 +555,138 @@ impl EventLoop {
         None
     }
 
-    /// Publishes a post on its topic and deposits it with the group's mailboxes.
+    /// Publishes a post on its topic and deposits it with the group's
+    /// mailboxes. With gossip tuning a large post is announced on the topic
+    /// and served from our cache to the members that ask (`groups::pull`).
     fn group_publish(&mut self, group: GroupId, post: Vec<u8>) {
         let topic = IdentTopic::new(group.topic());
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic, post.clone())
-        {
-            Ok(_) => bump(&self.shared.stats.group_posts_published),
+        let announced = (self.shared.config.bandwidth.gossip_tuning_on()
+            && post.len() >= PULL_FROM_BYTES)
+            .then(|| GroupPost::decode(&post).ok())
+            .flatten()
+            .map(|p| {
+                let announce = PostAnnounce::of(&p);
+                self.groups
+                    .cache
+                    .insert(p.group_id, p.key.post_id, p.encoded, Instant::now());
+                announce.encode()
+            });
+        let is_announcement = announced.is_some();
+        let gossip = announced.unwrap_or_else(|| post.clone());
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, gossip) {
+            Ok(_) => {
+                bump(&self.shared.stats.group_posts_published);
+                if is_announcement {
+                    bump(&self.shared.stats.group_posts_announced);
+                }
+            }
             Err(e) => tracing::debug!(%group, "not published on the topic: {e}"),
         }
         self.group_deposit(group, post);
+    }
+
+    /// A member asks for an announced post: ours or one we pulled.
+    pub(super) fn group_serve_pull(&self, group_id: &[u8; 16], post_id: &[u8; 16]) -> Vec<Vec<u8>> {
+        self.groups
+            .cache
+            .get(group_id, post_id)
+            .map(|p| vec![p.to_vec()])
+            .unwrap_or_default()
+    }
+
+    /// Heard an announcement: serve it on at once if we hold the post, or
+    /// fetch the post from `source` first. `None` while the fetch runs.
+    fn on_post_announce(
+        &mut self,
+        announce: PostAnnounce,
+        message_id: gossipsub::MessageId,
+        source: PeerId,
+        author: Option<PeerId>,
+    ) -> Option<MessageAcceptance> {
+        let post = announce.key.post_id;
+        if self.groups.cache.get(&announce.group_id, &post).is_some() {
+            return Some(MessageAcceptance::Accept);
+        }
+        if self.groups.pulls.len() >= MAX_PULLS || self.groups.pulls.contains_key(&post) {
+            // Too many at once: the group's mailboxes have it too.
+            bump(&self.shared.stats.group_pulls_failed);
+            self.group_catch_up_soon(GroupId::from(announce.group_id));
+            return Some(MessageAcceptance::Ignore);
+        }
+        let pull = Pull {
+            announce,
+            message_id,
+            source,
+            fallback: author.filter(|a| *a != source && *a != self.shared.peer_id),
+        };
+        self.group_pull_from(source, pull);
+        None
+    }
+
+    fn group_pull_from(&mut self, peer: PeerId, pull: Pull) {
+        let post = pull.announce.key.post_id;
+        let request = MailboxRequest::GroupGet {
+            group_id: pull.announce.group_id,
+            post_id: post,
+        };
+        let request_id = self
+            .swarm
+            .behaviour_mut()
+            .mailbox
+            .send_request(&peer, request.encode());
+        self.groups
+            .outbound
+            .insert(request_id, Outbound::Pull { post });
+        self.groups.pulls.insert(post, pull);
+    }
+
+    /// The answer to a pull: the post (applied, kept to serve, and its
+    /// announcement passed on), or the next peer to ask, or catch-up.
+    fn on_pulled(&mut self, post: [u8; 16], peer: PeerId, response: MailboxResponse) {
+        let Some(mut pull) = self.groups.pulls.remove(&post) else {
+            return;
+        };
+        let found = match response {
+            MailboxResponse::GroupPage { posts, .. } => posts
+                .iter()
+                .filter_map(|p| GroupPost::decode(p).ok())
+                .find(|p| pull.announce.matches(p)),
+            _ => None,
+        };
+        let accept = match found {
+            Some(p) => {
+                bump(&self.shared.stats.group_posts_received);
+                bump(&self.shared.stats.group_posts_pulled);
+                self.groups
+                    .cache
+                    .insert(p.group_id, post, p.encoded.clone(), Instant::now());
+                self.group_receive(vec![p]);
+                MessageAcceptance::Accept
+            }
+            None => {
+                tracing::debug!(%peer, "a member did not serve an announced post");
+                if let Some(next) = pull.fallback.take() {
+                    self.group_pull_from(next, pull);
+                    return;
+                }
+                bump(&self.shared.stats.group_pulls_failed);
+                self.group_catch_up_soon(GroupId::from(pull.announce.group_id));
+                MessageAcceptance::Ignore
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&pull.message_id, &pull.source, accept);
+    }
+
+    /// An announced post could not be fetched: the author deposited it with
+    /// the group's mailboxes, so catch up from them.
+    fn group_catch_up_soon(&mut self, group: GroupId) {
+        if !self.groups.catching_up.contains(&group) {
+            self.group_catch_up(group);
+        }
     }
 
     fn group_deposit(&mut self, group: GroupId, post: Vec<u8>) {
@@ -741,6 +872,7 @@ impl EventLoop {
             return;
         };
         match outbound {
+            Outbound::Pull { post } => self.on_pulled(post, peer, response),
             Outbound::Deposit { post } => {
                 let took = matches!(
                     response,
@@ -824,18 +956,28 @@ impl EventLoop {
         else {
             return;
         };
-        let accept = match GroupPost::decode(&message.data) {
-            Ok(post)
-                if self
-                    .groups
-                    .subscribed
-                    .contains(&GroupId::from(post.group_id))
-                    && message.topic
-                        == IdentTopic::new(GroupId::from(post.group_id).topic()).hash() =>
-            {
+        let ours = |this: &Self, group_id: [u8; 16]| {
+            let group = GroupId::from(group_id);
+            this.groups.subscribed.contains(&group)
+                && message.topic == IdentTopic::new(group.topic()).hash()
+        };
+        let accept = match GroupGossip::decode(&message.data) {
+            Ok(GroupGossip::Post(post)) if ours(self, post.group_id) => {
                 bump(&self.shared.stats.group_posts_received);
                 self.group_receive(vec![post]);
                 MessageAcceptance::Accept
+            }
+            Ok(GroupGossip::Announce(announce)) if ours(self, announce.group_id) => {
+                match self.on_post_announce(
+                    announce,
+                    message_id.clone(),
+                    propagation_source,
+                    message.source,
+                ) {
+                    Some(accept) => accept,
+                    // Validated once the post is here.
+                    None => return,
+                }
             }
             Ok(_) => MessageAcceptance::Ignore,
             Err(_) => {

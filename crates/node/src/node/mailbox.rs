@@ -312,6 +312,16 @@ impl EventLoop {
                 return;
             }
         };
+        if let MailboxRequest::GroupGet { group_id, post_id } = &request {
+            // From our cache of large posts, whatever our roles.
+            let posts = self.group_serve_pull(group_id, post_id);
+            respond(
+                self,
+                channel,
+                MailboxResponse::GroupPage { posts, more: false },
+            );
+            return;
+        }
         let token = self.mailbox.next_token;
         self.mailbox.next_token += 1;
         self.mailbox.channels.insert(token, channel);
