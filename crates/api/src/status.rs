@@ -103,6 +103,10 @@ pub(crate) struct Stats {
     pub(crate) dht_inbound_rate_limited: u64,
     /// Records handed to new close peers (Kademlia hand-off).
     pub(crate) dht_handoffs: u64,
+    /// Hand-offs skipped: the new peer was routed within the republish interval and kept its record store (DHT tuning).
+    pub(crate) dht_handoffs_skipped: u64,
+    /// Starts that kept the key-package record already in the DHT instead of putting it again (DHT tuning).
+    pub(crate) key_packages_kept: u64,
     /// Bootstraps that skipped their bucket refreshes (DHT tuning).
     pub(crate) dht_refreshes_cut: u64,
     /// Messages sent into the routed network as the sender.
@@ -234,6 +238,8 @@ impl From<StatsSnapshot> for Stats {
             dht_lookup_requests,
             dht_inbound_rate_limited,
             dht_handoffs,
+            dht_handoffs_skipped,
+            key_packages_kept,
             dht_refreshes_cut,
             routed_sent,
             routed_forwarded,
@@ -313,6 +319,8 @@ impl From<StatsSnapshot> for Stats {
             dht_lookup_requests,
             dht_inbound_rate_limited,
             dht_handoffs,
+            dht_handoffs_skipped,
+            key_packages_kept,
             dht_refreshes_cut,
             routed_sent,
             routed_forwarded,

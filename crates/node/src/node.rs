@@ -729,6 +729,8 @@ struct DhtState {
     full_refresh_at: Option<Instant>,
     /// Bootstraps whose bucket refreshes are being skipped.
     cutting: HashSet<QueryId>,
+    /// Peers that entered the routing table earlier in this run.
+    routed: crate::dht::routed::Routed,
 }
 
 /// How long after a complete bootstrap a new one skips its bucket
@@ -1002,6 +1004,10 @@ impl EventLoop {
                 let Ok(peer) = peer.parse::<PeerId>() else {
                     continue;
                 };
+                // In our table last run: not new to the network, so it needs
+                // no hand-off of what we hold (with DHT tuning).
+                let within = self.shared.config.dht.republish_interval;
+                self.dht.routed.returning(peer, Instant::now(), within);
                 for addr in addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                 }
@@ -1839,7 +1845,16 @@ impl EventLoop {
                 peer,
                 is_new_peer: true,
                 ..
-            } => self.hand_off(peer),
+            } => {
+                let within = self.shared.config.dht.republish_interval;
+                let returning = self.dht.routed.returning(peer, Instant::now(), within);
+                if returning && self.shared.config.bandwidth.dht_tuning_on() {
+                    // Its SQLite record store kept what it held.
+                    bump(&self.shared.stats.dht_handoffs_skipped);
+                } else {
+                    self.hand_off(peer);
+                }
+            }
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => self.dht_add(peer, address),
             kad::Event::OutboundQueryProgressed {

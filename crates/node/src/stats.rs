@@ -69,6 +69,10 @@ pub(crate) struct Stats {
     pub(crate) dht_inbound_rate_limited: AtomicU64,
     /// Records handed to peers new to the routing table that are among the k closest to them.
     pub(crate) dht_handoffs: AtomicU64,
+    /// Hand-offs skipped: the new peer was routed within the republish interval and kept its record store (DHT tuning).
+    pub(crate) dht_handoffs_skipped: AtomicU64,
+    /// Starts that kept the key-package record already in the DHT instead of putting it again (DHT tuning).
+    pub(crate) key_packages_kept: AtomicU64,
     /// Bootstraps that skipped their bucket refreshes, coming soon after a
     /// complete one (DHT tuning).
     pub(crate) dht_refreshes_cut: AtomicU64,
@@ -200,6 +204,8 @@ pub struct StatsSnapshot {
     pub dht_lookup_requests: u64,
     pub dht_inbound_rate_limited: u64,
     pub dht_handoffs: u64,
+    pub dht_handoffs_skipped: u64,
+    pub key_packages_kept: u64,
     pub dht_refreshes_cut: u64,
     pub routed_sent: u64,
     pub routed_forwarded: u64,
@@ -370,6 +376,16 @@ impl StatsSnapshot {
                 "peercomm_dht_handoffs",
                 "Records handed to peers new to the routing table that are among the k closest to them.",
                 self.dht_handoffs,
+            ),
+            (
+                "peercomm_dht_handoffs_skipped",
+                "Hand-offs skipped: the new peer was routed within the republish interval and kept its record store (DHT tuning).",
+                self.dht_handoffs_skipped,
+            ),
+            (
+                "peercomm_key_packages_kept",
+                "Starts that kept the key-package record already in the DHT instead of putting it again (DHT tuning).",
+                self.key_packages_kept,
             ),
             (
                 "peercomm_dht_refreshes_cut",
@@ -691,6 +707,8 @@ impl Stats {
             dht_lookup_requests: g(&self.dht_lookup_requests),
             dht_inbound_rate_limited: g(&self.dht_inbound_rate_limited),
             dht_handoffs: g(&self.dht_handoffs),
+            dht_handoffs_skipped: g(&self.dht_handoffs_skipped),
+            key_packages_kept: g(&self.key_packages_kept),
             dht_refreshes_cut: g(&self.dht_refreshes_cut),
             routed_sent: g(&self.routed_sent),
             routed_forwarded: g(&self.routed_forwarded),

@@ -323,3 +323,75 @@ async fn bootstraps_soon_after_a_complete_one_skip_their_bucket_refreshes_with_d
     }
     Ok(())
 }
+
+/// A node that restarts on its data dir knows its peers from last run and
+/// holds what it held. With DHT tuning it hands none of its records to the
+/// peers it knew (they hold them already) and keeps the key-package record
+/// it put last run instead of putting it again; the record is still found:
+/// the node can be invited. Without tuning it does neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_key_packages_and_hands_nothing_to_peers_it_knew() -> Result<()>
+{
+    const NODES: usize = 6;
+    let back = NODES - 1;
+    for tuning in [true, false] {
+        let mut options = bootstrap_net(NODES, SimTransport::Memory);
+        options.config.dht.refresh_interval = Duration::from_secs(300);
+        options.config.bandwidth.dht_tuning = tuning;
+        let mut net = SimNet::start(options).await?;
+        let all: Vec<usize> = (0..NODES).collect();
+        wait_joined(&net, &all, Duration::from_secs(60)).await?;
+        // Its key-package record out (put once the node joined).
+        let h = net.handle(back).clone();
+        wait_until(Duration::from_secs(30), "key packages put", || {
+            let h = h.clone();
+            async move { h.stats().dht_publish_ok > 0 }
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        net.stop(back).await?;
+        net.restart_on_new_port(back).await?;
+        wait_joined(&net, &[back], Duration::from_secs(60)).await?;
+        let h = net.handle(back).clone();
+        if tuning {
+            wait_until(Duration::from_secs(30), "key packages kept", || {
+                let h = h.clone();
+                async move { h.stats().key_packages_kept > 0 }
+            })
+            .await?;
+        } else {
+            // Its groups' first tick, which puts key packages, is long done.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        // Invited from the key packages it did not put again.
+        let owner = net.handle(1).clone();
+        let group = owner.group_create("restart", "").await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let change = loop {
+            match owner.group_invite(group.id, net.peer_id(back)).await {
+                Err(peercomm_node::GroupError::NoKeyPackage(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => break other?,
+            }
+        };
+        ensure!(
+            matches!(change, peercomm_node::GroupChange::Committed { .. }),
+            "{change:?}"
+        );
+        let s = net.handle(back).stats();
+        println!(
+            "DHT tuning {tuning}: handoffs {}, skipped {}, key packages kept {}",
+            s.dht_handoffs, s.dht_handoffs_skipped, s.key_packages_kept
+        );
+        if tuning {
+            ensure!(s.dht_handoffs == 0, "{} hand-offs", s.dht_handoffs);
+            ensure!(s.dht_handoffs_skipped > 0);
+            ensure!(s.key_packages_kept == 1);
+        } else {
+            ensure!(s.dht_handoffs_skipped == 0 && s.key_packages_kept == 0);
+        }
+        net.shutdown().await;
+    }
+    Ok(())
+}

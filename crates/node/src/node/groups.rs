@@ -492,6 +492,9 @@ impl EventLoop {
                 if r.is_err() {
                     tracing::debug!("key-package record publish reached nobody; retrying later");
                     self.groups.key_packages_dirty = true;
+                    // Not out: a restart must not take it for published.
+                    let key = kad::RecordKey::new(&key_packages_key(&self.shared.peer_id));
+                    self.swarm.behaviour_mut().kad.store_mut().remove(&key);
                 }
             }
             kad::QueryResult::GetClosestPeers(result) => {
@@ -1142,6 +1145,16 @@ impl EventLoop {
         let Some((last_resort, _)) = last.into_iter().next() else {
             return;
         };
+        if self.groups.key_packages_at.is_none() && self.shared.config.bandwidth.dht_tuning_on() {
+            let fresh: Vec<&[u8]> = fresh.iter().map(|(b, _)| b.as_slice()).collect();
+            if let Some(age) = self.key_packages_still_out(&fresh, &last_resort, now) {
+                // Republished on the schedule of the run that put it.
+                self.groups.key_packages_at =
+                    Some(Instant::now().checked_sub(age).unwrap_or_else(Instant::now));
+                bump(&self.shared.stats.key_packages_kept);
+                return;
+            }
+        }
         self.groups.key_package_seq = now.max(self.groups.key_package_seq + 1);
         let record = KeyPackages {
             peer: self.shared.peer_id,
@@ -1181,6 +1194,32 @@ impl EventLoop {
                 self.groups.key_packages_dirty = true;
             }
         }
+    }
+
+    /// At start: whether the key-package record an earlier run put is still
+    /// out, listing exactly these key packages, put less than
+    /// `KEY_PACKAGES_EVERY` ago; returns its age. Our own record is in our
+    /// (SQLite) record store only while a put of it is under way or after
+    /// one succeeded: a failed put removes it.
+    fn key_packages_still_out(
+        &mut self,
+        fresh: &[&[u8]],
+        last_resort: &[u8],
+        now_ms: u64,
+    ) -> Option<Duration> {
+        let key = kad::RecordKey::new(&key_packages_key(&self.shared.peer_id));
+        let held = self.swarm.behaviour_mut().kad.store_mut().get(&key)?;
+        let kp = verify_key_packages(&held.value, now_ms).ok()?;
+        let put_ms = kp
+            .expires_ms
+            .checked_sub(KEY_PACKAGES_TTL.as_millis() as u64)?;
+        let age = Duration::from_millis(now_ms.checked_sub(put_ms)?);
+        let same = kp.peer == self.shared.peer_id
+            && kp.last_resort == last_resort
+            && kp.fresh.len() == fresh.len().min(peercomm_wire::group::MAX_KEY_PACKAGES)
+            && kp.fresh.iter().zip(fresh).all(|(a, b)| a.as_slice() == *b);
+        self.groups.key_package_seq = self.groups.key_package_seq.max(kp.seq);
+        (same && age < KEY_PACKAGES_EVERY).then_some(age)
     }
 
     /// A key-package record another node stores on us: valid, signed by
