@@ -19,6 +19,8 @@
 //! ```
 
 pub mod bandwidth;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod clock;
 pub mod config;
 pub mod delivery;
