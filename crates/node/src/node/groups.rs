@@ -796,15 +796,25 @@ impl EventLoop {
                 )));
             };
             let cursor = gstore::cursor(c, group, before).ok().flatten();
+            // The member may have applied a commit live (by gossip) before
+            // this catch-up, so the posts it missed can be in the epochs
+            // before its current one: resume from the cursor, or with none
+            // (a member that joined and left before any post reached it)
+            // from the oldest epoch whose messages it can still open. Posts
+            // it cannot open (from before it joined) are marked failed, and
+            // the cursor moves past them.
+            let open_from = g
+                .epoch
+                .saturating_sub(crate::groups::mls::MAX_PAST_EPOCHS as u64);
             let key = match cursor {
-                Some(k) if k.epoch >= g.epoch => PostKey {
+                Some(k) if k.epoch >= open_from => PostKey {
                     epoch: k.epoch,
                     commit: k.is_commit,
                     created_ms: k.created_ms,
                     post_id: k.post_id,
                 },
                 _ => PostKey {
-                    epoch: g.epoch,
+                    epoch: open_from,
                     ..PostKey::default()
                 },
             };
