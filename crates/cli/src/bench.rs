@@ -7,6 +7,7 @@ use peercomm_sim::bandwidth::{
     bandwidth as bandwidth_runs, BandwidthOptions, BandwidthReport, Mechanism, RunReport,
     DEFAULT_SEED,
 };
+use peercomm_sim::load::{LoadKind, LoadOptions, LoadReport};
 use peercomm_sim::mls_cost::{mls_costs, MlsCost, MlsCostOptions, MlsCostReport, MIN_MEMBERS};
 use peercomm_sim::offline::{offline_churn, OfflineOptions, OfflineReport};
 use peercomm_sim::scale::{dht_scale, DhtScaleOptions, DhtScaleReport, LookupRound, Spread};
@@ -570,4 +571,263 @@ fn print_table(header: &[&str], rows: &[Vec<String>], first_left: bool) {
     for row in rows {
         line(&mut row.iter().map(String::as_str));
     }
+}
+
+/// `peercomm bench load`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct LoadBenchArgs {
+    /// Nodes in the network (one process, all sharing this machine's cores).
+    #[arg(long, default_value_t = 10)]
+    nodes: usize,
+    /// Messages offered per second, all kinds together (the first step with --saturate).
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// How long messages are offered (each step with --saturate).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The kinds of message, taken in turn: direct, multihop, onion, group, offline.
+    #[arg(long, default_value = "direct,onion,group,offline")]
+    mix: String,
+    /// Body size of each message, bytes.
+    #[arg(long, default_value_t = 256)]
+    body_bytes: usize,
+    /// Members of the group (at most the nodes that stay online).
+    #[arg(long, default_value_t = 20)]
+    group_size: usize,
+    /// After the window, how long deliveries are waited for at most.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Run over the in-process memory transport instead of loopback TCP.
+    #[arg(long)]
+    memory: bool,
+    /// Keep the group to nodes that never go offline (by default, with
+    /// offline traffic in the mix, the nodes that go away are members too).
+    #[arg(long)]
+    members_stay: bool,
+    /// At half time the group's owner invites a node that was not a member.
+    #[arg(long)]
+    add_member: bool,
+    /// Put one node behind a congested link of this many KiB/s.
+    #[arg(long)]
+    congested_link_kib: Option<u64>,
+    /// Find the rate the network sustains: steps from --rate up by half
+    /// each time, each on a fresh network, until the delivered rate falls
+    /// below 90% of the offered one, a message is lost or p99 passes 5 s.
+    #[arg(long)]
+    saturate: bool,
+    /// Seed for every random choice (random if not given).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Runs the load benchmark and prints its figures.
+pub(crate) async fn load(args: LoadBenchArgs, json: bool) -> anyhow::Result<()> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        bail!(
+            "--rate must be a number of messages per second above 0 (got {})",
+            args.rate
+        );
+    }
+    if args.duration < Duration::from_secs(1) {
+        bail!("--duration must be at least 1s");
+    }
+    let kinds =
+        peercomm_sim::load::parse_mix(&args.mix).map_err(|e| anyhow::anyhow!("--mix: {e}"))?;
+    if args.saturate && kinds.contains(&LoadKind::Offline) {
+        bail!("--saturate measures live traffic: leave offline out of --mix (e.g. --mix direct)");
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let mut options = LoadOptions::new(args.nodes, args.rate, args.duration, seed);
+    options.mix = kinds.clone();
+    options.body_bytes = args.body_bytes;
+    options.group_size = args.group_size;
+    options.drain = args.drain;
+    options.members_away = !args.members_stay;
+    options.add_member = args.add_member;
+    options.congested_link = args.congested_link_kib.map(|k| k * 1024);
+    if args.memory {
+        options.transport = peercomm_sim::SimTransport::Memory;
+    }
+    let mix: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    if !json {
+        println!(
+            "peercomm bench load: {} nodes, {} msg/s for {}, mix {}, {} B bodies, {} (seed {seed})",
+            args.nodes,
+            args.rate,
+            humantime::format_duration(args.duration),
+            mix.join(","),
+            args.body_bytes,
+            if args.memory {
+                "memory transport"
+            } else {
+                "loopback TCP"
+            }
+        );
+    }
+    let mut progress = |line: &str| {
+        if json {
+            eprintln!("  {line}");
+        } else {
+            println!("  {line}");
+        }
+    };
+    if !args.saturate {
+        let r = load_run(&options, &mut progress).await?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print_load(&r);
+        }
+        if r.lost > 0 || r.duplicates > 0 {
+            bail!("{} copies lost and {} duplicated", r.lost, r.duplicates);
+        }
+        return Ok(());
+    }
+    let mut steps: Vec<LoadReport> = Vec::new();
+    let mut rate = args.rate;
+    for _ in 0..12 {
+        options.rate = rate;
+        progress(&format!("step at {rate:.0} msg/s"));
+        let r = load_run(&options, &mut progress).await?;
+        let kept_up = kept_up(&r);
+        progress(&format!(
+            "{rate:.0} msg/s: delivered {:.1}/s of {:.1}/s offered, p99 {:.0} ms, lost {}, CPU {:.0}% of 2 cores",
+            r.delivered,
+            r.offered,
+            r.p99_ms,
+            r.lost,
+            r.cpu_busy * 100.0
+        ));
+        steps.push(r);
+        if !kept_up {
+            break;
+        }
+        rate *= 1.5;
+    }
+    let sustained = steps.iter().rfind(|r| kept_up(r));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "steps": steps,
+                "sustained_rate": sustained.map(|r| r.offered),
+            })
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = steps.iter().map(load_step_row).collect();
+    print_table(
+        &[
+            "target/s",
+            "offered/s",
+            "delivered/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "lost",
+            "CPU %",
+            "CPU s/1k msgs",
+            "above idle",
+        ],
+        &rows,
+        false,
+    );
+    match sustained {
+        Some(r) => println!(
+            "  sustained: {:.0} msg/s ({}) with {:.0}% of the two cores busy; at that cost the two cores would carry about {:.0} msg/s",
+            r.offered,
+            mix.join(","),
+            r.cpu_busy * 100.0,
+            r.offered / r.cpu_busy.max(0.01)
+        ),
+        None => println!("  not even the first step kept up: lower --rate"),
+    }
+    Ok(())
+}
+
+/// A step kept up: at least 90% of the offered rate delivered in the
+/// window, nothing lost, p99 within 5 s.
+fn kept_up(r: &LoadReport) -> bool {
+    r.delivered >= 0.9 * r.offered && r.lost == 0 && r.p99_ms <= 5000.0
+}
+
+async fn load_run(
+    options: &LoadOptions,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<LoadReport> {
+    Ok(peercomm_sim::load::load(options, progress).await?)
+}
+
+fn load_step_row(r: &LoadReport) -> Vec<String> {
+    vec![
+        format!("{:.0}", r.target_rate),
+        format!("{:.1}", r.offered),
+        format!("{:.1}", r.delivered),
+        format!("{:.0}", r.p50_ms),
+        format!("{:.0}", r.p99_ms),
+        format!("{:.0}", r.p999_ms),
+        r.lost.to_string(),
+        format!("{:.0}", r.cpu_busy * 100.0),
+        format!("{:.2}", r.cpu_secs_per_1000),
+        format!("{:.2}", r.cpu_secs_per_1000_net),
+    ]
+}
+
+fn print_load(r: &LoadReport) {
+    println!(
+        "  offered {:.1} msg/s ({} messages), delivered {:.1} msg/s in the window; {} delivered by the end, {} lost, {} duplicated, {} errors",
+        r.offered, r.offered_messages, r.delivered, r.delivered_messages, r.lost, r.duplicates, r.errors
+    );
+    let rows: Vec<Vec<String>> = r
+        .kinds
+        .iter()
+        .map(|k| {
+            vec![
+                k.kind.clone(),
+                k.sent.to_string(),
+                k.delivered.to_string(),
+                format!("{}/{}", k.copies, k.copies_expected),
+                k.duplicates.to_string(),
+                format!("{:.0}", k.latency.p50_ms),
+                format!("{:.0}", k.latency.p99_ms),
+                format!("{:.0}", k.latency.p999_ms),
+                k.after_return
+                    .map(|a| format!("{:.0}/{:.0}", a.p50_ms, a.p99_ms))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "kind",
+            "sent",
+            "delivered",
+            "copies",
+            "dup",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "after return p50/p99 ms",
+        ],
+        &rows,
+        true,
+    );
+    println!(
+        "  live kinds: latency p50 {:.0} ms, p99 {:.0} ms, p99.9 {:.0} ms",
+        r.p50_ms, r.p99_ms, r.p999_ms
+    );
+    println!(
+        "  CPU {:.1} s ({:.0}% of 2 cores; {:.0}% idle), {:.2} CPU s per 1,000 messages ({:.2} above idle); peak RSS {:.1} MiB ({:.1} MiB per node)",
+        r.cpu_secs,
+        r.cpu_busy * 100.0,
+        r.idle_cpu_busy * 100.0,
+        r.cpu_secs_per_1000,
+        r.cpu_secs_per_1000_net,
+        r.peak_rss_kib as f64 / 1024.0,
+        r.peak_rss_kib_per_node / 1024.0
+    );
+    println!(
+        "  set-up {:.1} s (group of {}), drain {:.1} s",
+        r.setup_s, r.group_members, r.drain_s
+    );
 }

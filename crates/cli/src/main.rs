@@ -71,6 +71,11 @@ enum BenchKind {
     /// link) played with adaptation off, each mechanism alone and all on;
     /// bytes on the wire, delivery, latency under congestion.
     Bandwidth(bench::BandwidthBenchArgs),
+    /// Load: a network driven at a target message rate (direct, multi-hop,
+    /// onion, group and offline traffic); offered against delivered rate,
+    /// latency p50/p99/p99.9 per kind, CPU per 1,000 messages, peak memory;
+    /// --saturate steps the rate up until the network no longer keeps up.
+    Load(bench::LoadBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +275,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             kind: BenchKind::Bandwidth(args),
         } => bench::bandwidth(args.clone(), json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            kind: BenchKind::Load(args),
+        } => bench::load(args.clone(), json)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Init => daemon::init(&data_dir(&cli)?, json),

@@ -10,6 +10,7 @@
 pub mod bandwidth;
 pub mod corpus;
 pub mod groups;
+pub mod load;
 pub mod mls_cost;
 pub mod offline;
 pub mod scale;
