@@ -72,11 +72,8 @@ async fn every_capability_at_once_delivers_every_message_exactly_once() -> Resul
         "the generator skipped {}",
         report.skipped
     );
-    let group = report
-        .kinds
-        .iter()
-        .find(|k| k.kind == "group")
-        .expect("group traffic");
+    let kind = |name: &str| report.kinds.iter().find(|k| k.kind == name);
+    let group = kind("group").expect("group traffic");
     ensure!(
         group.epoch_regressions == 0,
         "a member applied an older epoch after a newer one ({} times)",
@@ -87,11 +84,7 @@ async fn every_capability_at_once_delivers_every_message_exactly_once() -> Resul
         "the member invited half-way is not in the group: {:?}",
         report.member_added
     );
-    let offline = report
-        .kinds
-        .iter()
-        .find(|k| k.kind == "offline")
-        .expect("offline traffic");
+    let offline = kind("offline").expect("offline traffic");
     ensure!(
         offline.after_return.is_some_and(|a| a.samples > 0),
         "no offline message was seen arriving after its recipient returned"

@@ -80,7 +80,7 @@ use serde::Serialize;
 
 use crate::corpus::{chat_messages, incompressible, HELD_OUT_SEEDS};
 use crate::scale::Spread;
-use crate::{test_config, wait_until, SimError, SimNet, SimOptions, SimTransport, Topology};
+use crate::{test_config, SimError, SimNet, SimOptions, SimTransport, Topology};
 
 /// The seed `peercomm bench bandwidth` and the demo use unless told
 /// otherwise, so figures compare across builds.
@@ -988,20 +988,7 @@ async fn measure(
     net.stop(phone).await?;
     net.config_mut(phone).network.link_rate_bytes_per_sec = opts.link_rate_bytes_per_sec;
     net.restart_on_new_port(phone).await?;
-    for i in 0..n {
-        let h = net.handle(i).clone();
-        wait_until(
-            Duration::from_secs(120),
-            &format!("node {i} joined the DHT"),
-            || {
-                let h = h.clone();
-                async move {
-                    h.dht_stats().await.is_ok_and(|s| s.joined) && h.stats().dht_publish_ok > 0
-                }
-            },
-        )
-        .await?;
-    }
+    crate::wait_joined(net, Duration::from_secs(120)).await?;
     let group = crate::groups::form(net, plan.owner, &plan.members, 10).await?;
     // Let the mesh settle (a few heartbeats) before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -210,20 +210,7 @@ pub async fn group_fanout(opts: &GroupOptions) -> Result<GroupReport, SimError> 
 
 async fn run(net: &SimNet, opts: &GroupOptions) -> Result<GroupReport, SimError> {
     let n = net.len();
-    for i in 0..n {
-        let h = net.handle(i).clone();
-        wait_until(
-            Duration::from_secs(120),
-            &format!("node {i} joined"),
-            || {
-                let h = h.clone();
-                async move {
-                    h.dht_stats().await.is_ok_and(|s| s.joined) && h.stats().dht_publish_ok > 0
-                }
-            },
-        )
-        .await?;
-    }
+    crate::wait_joined(net, Duration::from_secs(120)).await?;
     let started = Instant::now();
     let owner = 1 % n;
     let members: Vec<usize> = (0..n).filter(|i| *i != owner).collect();

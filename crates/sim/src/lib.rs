@@ -559,6 +559,25 @@ async fn start_node(
     Ok((node, addr))
 }
 
+/// Whether a node has joined the DHT and published its own record there.
+pub async fn has_joined(handle: &NodeHandle) -> bool {
+    handle.dht_stats().await.is_ok_and(|s| s.joined) && handle.stats().dht_publish_ok > 0
+}
+
+/// Waits until every node of `net` has joined the DHT and published its
+/// record, each within `timeout`.
+pub async fn wait_joined(net: &SimNet, timeout: Duration) -> Result<(), SimError> {
+    for i in 0..net.len() {
+        let h = net.handle(i).clone();
+        wait_until(timeout, &format!("node {i} joined the DHT"), || {
+            let h = h.clone();
+            async move { has_joined(&h).await }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Polls `condition` every 20 ms until it holds, or fails after `timeout`
 /// naming `what` was awaited.
 pub async fn wait_until<F, Fut>(

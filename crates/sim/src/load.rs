@@ -21,8 +21,10 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::scale::{cpu_secs, rss_kib};
-use crate::{test_config, wait_until, SimError, SimNet, SimOptions, SimTransport, Topology};
+use crate::scale::{cpu_secs, peak_rss_kib, rss_kib};
+use crate::{
+    test_config, wait_joined, wait_until, SimError, SimNet, SimOptions, SimTransport, Topology,
+};
 
 /// How a message of the load travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -222,15 +224,8 @@ pub struct Latency {
 impl Latency {
     /// The percentiles of `values` (empty: all zero).
     pub fn of(values: &[f64]) -> Self {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            if v.is_empty() {
-                return 0.0;
-            }
-            let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-            v[i.min(v.len() - 1)]
-        };
+        let v = crate::scale::sorted(values);
+        let at = |q: f64| crate::scale::quantile(&v, q);
         Self {
             samples: v.len(),
             p50_ms: at(0.5),
@@ -341,19 +336,6 @@ pub struct LoadReport {
     pub congested_node: Option<usize>,
     /// The seed.
     pub seed: u64,
-}
-
-/// Peak resident memory of this process in KiB (Linux; 0 elsewhere).
-pub fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn err(e: impl std::fmt::Display) -> SimError {
@@ -553,24 +535,6 @@ pub async fn load(
     result
 }
 
-async fn joined(net: &SimNet) -> Result<(), SimError> {
-    for i in 0..net.len() {
-        let h = net.handle(i).clone();
-        wait_until(
-            Duration::from_secs(120),
-            &format!("node {i} joined"),
-            || {
-                let h = h.clone();
-                async move {
-                    h.dht_stats().await.is_ok_and(|s| s.joined) && h.stats().dht_publish_ok > 0
-                }
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 /// Onion senders need relays: waits until every online node knows enough.
 async fn relays_known(net: &SimNet, who: &[usize]) -> Result<(), SimError> {
     for &i in who {
@@ -605,7 +569,7 @@ async fn run(
 ) -> Result<LoadReport, SimError> {
     let setup = Instant::now();
     net.introduce_all().await?;
-    joined(net).await?;
+    wait_joined(net, Duration::from_secs(120)).await?;
     let mut rng = StdRng::seed_from_u64(options.seed);
     let cast = cast(options, &mut rng);
     if let (Some(phone), Some(rate)) = (cast.congested, options.congested_link) {
@@ -619,7 +583,7 @@ async fn run(
                 net.connect(phone, i).await.ok();
             }
         }
-        joined(net).await?;
+        wait_joined(net, Duration::from_secs(120)).await?;
     }
     if options.mix.contains(&LoadKind::Onion) {
         relays_known(net, &cast.online).await?;

@@ -356,6 +356,106 @@ fn join(
         .map_err(m.failed("join from welcome"))
 }
 
+/// A serialized Welcome and the ratchet tree sent beside it.
+type WelcomeAndTree = (Vec<u8>, Vec<u8>);
+
+/// Build: the owner creates the group, adds `key_packages` in one commit
+/// and merges it; returns the group and the serialized Welcome and tree.
+fn build(
+    m: &Steps,
+    owner: &Member,
+    key_packages: &[KeyPackage],
+    rng: &mut StdRng,
+) -> Result<(MlsGroup, WelcomeAndTree), MlsCostError> {
+    let mut group_id = [0u8; 16];
+    rng.fill(&mut group_id);
+    let mut group = MlsGroup::builder()
+        .ciphersuite(CIPHERSUITE)
+        .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
+        .use_ratchet_tree_extension(false)
+        .with_group_id(GroupId::from_slice(&group_id))
+        .build(&owner.provider, &owner.signer, owner.credential.clone())
+        .map_err(m.failed("create group"))?;
+    let (_, welcome, _) = group
+        .add_members(&owner.provider, &owner.signer, key_packages)
+        .map_err(m.failed("add all members"))?;
+    group
+        .merge_pending_commit(&owner.provider)
+        .map_err(m.failed("merge build commit"))?;
+    let welcome = welcome_and_tree(m, &group, &welcome)?;
+    Ok((group, welcome))
+}
+
+/// An N-member group as two of its members hold it, for timing one
+/// application message: the owner encrypts, the observer decrypts (the
+/// criterion bench in `benches/mls.rs`).
+pub struct MlsPair {
+    steps: Steps,
+    owner: Member,
+    group: MlsGroup,
+    observer: Member,
+    observed: MlsGroup,
+}
+
+impl MlsPair {
+    /// Builds an `n`-member group (at least [`MIN_MEMBERS`]); the observer
+    /// joins from the Welcome.
+    pub fn new(n: usize, seed: u64) -> Result<Self, MlsCostError> {
+        let steps = Steps {
+            members: n.max(MIN_MEMBERS),
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let owner = Member::new(&mut rng, &steps)?;
+        let observer = Member::new(&mut rng, &steps)?;
+        let mut key_packages = vec![observer.key_package(&steps)?];
+        for _ in 2..steps.members {
+            key_packages.push(Member::new(&mut rng, &steps)?.key_package(&steps)?);
+        }
+        let (group, welcome) = build(&steps, &owner, &key_packages, &mut rng)?;
+        let observed = join(&steps, &observer, &welcome)?;
+        Ok(Self {
+            steps,
+            owner,
+            group,
+            observer,
+            observed,
+        })
+    }
+
+    /// The owner encrypts `payload` as an application message, serialized.
+    pub fn encrypt(&mut self, payload: &[u8]) -> Result<Vec<u8>, MlsCostError> {
+        let m = &self.steps;
+        let message = self
+            .group
+            .create_message(&self.owner.provider, &self.owner.signer, payload)
+            .map_err(m.failed("encrypt"))?;
+        to_bytes(m, &message, "encode message")
+    }
+
+    /// The observer deserializes and decrypts one of [`Self::encrypt`]'s
+    /// messages; returns the plaintext.
+    pub fn decrypt(&mut self, bytes: &[u8]) -> Result<Vec<u8>, MlsCostError> {
+        let m = &self.steps;
+        let message = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(m.failed("decode message"))?
+            .try_into_protocol_message()
+            .map_err(m.failed("message as protocol message"))?;
+        let processed = self
+            .observed
+            .process_message(&self.observer.provider, message)
+            .map_err(m.failed("decrypt"))?;
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(plain) => Ok(plain.into_bytes()),
+            other => Err(MlsCostError::Check {
+                members: m.members,
+                what: format!("a message was processed as {other:?}"),
+            }),
+        }
+    }
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -391,26 +491,8 @@ fn measure(n: usize, samples: usize, seed: u64) -> Result<MlsCost, MlsCostError>
         .map(|_| Member::new(&mut rng, &m))
         .collect::<Result<Vec<_>, _>>()?;
 
-    // Build: create, add N-1 in one commit, merge.
-    let mut group_id = [0u8; 16];
-    rng.fill(&mut group_id);
     let started = Instant::now();
-    let mut group = MlsGroup::builder()
-        .ciphersuite(CIPHERSUITE)
-        .with_wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
-        .max_past_epochs(MAX_PAST_EPOCHS)
-        .sender_ratchet_configuration(sender_ratchet())
-        .use_ratchet_tree_extension(false)
-        .with_group_id(GroupId::from_slice(&group_id))
-        .build(&owner.provider, &owner.signer, owner.credential.clone())
-        .map_err(m.failed("create group"))?;
-    let (_, welcome, _) = group
-        .add_members(&owner.provider, &owner.signer, &key_packages)
-        .map_err(m.failed("add all members"))?;
-    group
-        .merge_pending_commit(&owner.provider)
-        .map_err(m.failed("merge build commit"))?;
-    let welcome = welcome_and_tree(&m, &group, &welcome)?;
+    let (mut group, welcome) = build(&m, &owner, &key_packages, &mut rng)?;
     let build_ms = ms(started);
     drop(key_packages);
 

@@ -6,13 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use peercomm_node::NodeHandle;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::{test_config, SimError, SimNet, SimOptions, SimTransport, Topology};
+use crate::{has_joined, test_config, SimError, SimNet, SimOptions, SimTransport, Topology};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -64,18 +63,27 @@ pub struct Spread {
     pub max: f64,
 }
 
+/// `values` sorted, for [`quantile`].
+pub(crate) fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The `q` quantile (0 to 1, nearest rank) of `sorted` values; 0 if empty.
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
 impl Spread {
     /// The spread of `values` (empty: all zero).
     pub fn of(values: &[f64]) -> Self {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            if v.is_empty() {
-                return 0.0;
-            }
-            let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-            v[i.min(v.len() - 1)]
-        };
+        let v = sorted(values);
+        let at = |q: f64| quantile(&v, q);
         Self {
             p50: at(0.5),
             p95: at(0.95),
@@ -169,19 +177,25 @@ pub fn cpu_secs() -> f64 {
 
 /// Resident memory of this process in KiB (Linux; 0 elsewhere).
 pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// Peak resident memory of this process in KiB (Linux; 0 elsewhere).
+pub fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// A KiB figure of `/proc/self/status` (0 if there is none).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-async fn has_joined(handle: &NodeHandle) -> bool {
-    handle.dht_stats().await.is_ok_and(|s| s.joined) && handle.stats().dht_publish_ok > 0
 }
 
 /// The configuration of a scale node: test timings, but no delivery work
