@@ -197,6 +197,13 @@ pub(crate) struct Stats {
     pub(crate) sealed_zstd: u64,
     /// Bodies sealed uncompressed (short, incompressible, or compression off).
     pub(crate) sealed_uncompressed: u64,
+    /// Commits of the group committer (`delivery.group_commit`).
+    pub(crate) store_commit_rounds: u64,
+    /// Acknowledging writes those commits carried (messages accepted,
+    /// envelopes stored, receipts recorded).
+    pub(crate) store_commit_jobs: u64,
+    /// Shared commits that failed; every write in them was reported failed.
+    pub(crate) store_commit_failures: u64,
     /// Bytes read from TCP sockets.
     pub(crate) wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -285,6 +292,9 @@ impl From<StatsSnapshot> for Stats {
             sealed_dictionary,
             sealed_zstd,
             sealed_uncompressed,
+            store_commit_rounds,
+            store_commit_jobs,
+            store_commit_failures,
             wire_bytes_in,
             wire_bytes_out,
         } = s;
@@ -366,6 +376,9 @@ impl From<StatsSnapshot> for Stats {
             sealed_dictionary,
             sealed_zstd,
             sealed_uncompressed,
+            store_commit_rounds,
+            store_commit_jobs,
+            store_commit_failures,
             wire_bytes_in,
             wire_bytes_out,
         }

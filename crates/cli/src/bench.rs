@@ -618,6 +618,14 @@ pub(crate) struct LoadBenchArgs {
     /// Seed for every random choice (random if not given).
     #[arg(long)]
     seed: Option<u64>,
+    /// Turn the nodes' group commit off (each acknowledging write then
+    /// commits, and syncs, on its own).
+    #[arg(long, conflicts_with = "compare_group_commit")]
+    no_group_commit: bool,
+    /// Run everything twice, group commit off then on, same seed, and print
+    /// the ratios.
+    #[arg(long)]
+    compare_group_commit: bool,
 }
 
 /// Runs the load benchmark and prints its figures.
@@ -645,6 +653,7 @@ pub(crate) async fn load(args: LoadBenchArgs, json: bool) -> anyhow::Result<()> 
     options.members_away = !args.members_stay;
     options.add_member = args.add_member;
     options.congested_link = args.congested_link_kib.map(|k| k * 1024);
+    options.group_commit = !args.no_group_commit;
     if args.memory {
         options.transport = peercomm_sim::SimTransport::Memory;
     }
@@ -671,24 +680,140 @@ pub(crate) async fn load(args: LoadBenchArgs, json: bool) -> anyhow::Result<()> 
             println!("  {line}");
         }
     };
-    if !args.saturate {
-        let r = load_run(&options, &mut progress).await?;
+    if args.compare_group_commit {
+        let mut both = Vec::new();
+        for on in [false, true] {
+            options.group_commit = on;
+            progress(&format!("group commit {}", if on { "on" } else { "off" }));
+            both.push(measure(&mut options, args.saturate, &mut progress).await?);
+        }
+        let on = both.pop().unwrap_or_default();
+        let off = both.pop().unwrap_or_default();
+        let ratios = GroupCommitRatios::of(&off, &on);
         if json {
-            println!("{}", serde_json::to_string(&r)?);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "group_commit_off": off.json(),
+                    "group_commit_on": on.json(),
+                    "ratios": ratios,
+                })
+            );
         } else {
-            print_load(&r);
+            for (name, m) in [("off", &off), ("on", &on)] {
+                println!("\ngroup commit {name}:");
+                m.print(&mix);
+            }
+            ratios.print();
         }
-        if r.lost > 0 || r.duplicates > 0 {
-            bail!("{} copies lost and {} duplicated", r.lost, r.duplicates);
-        }
-        return Ok(());
+        return [off, on].iter().try_for_each(Measured::check);
     }
+    let m = measure(&mut options, args.saturate, &mut progress).await?;
+    if json {
+        println!("{}", m.json());
+    } else {
+        m.print(&mix);
+    }
+    m.check()
+}
+
+/// One load run, or the steps of a saturation search.
+#[derive(Debug, Default)]
+struct Measured {
+    steps: Vec<LoadReport>,
+    saturate: bool,
+}
+
+impl Measured {
+    /// The last step that kept up (the run itself without --saturate).
+    fn sustained(&self) -> Option<&LoadReport> {
+        if self.saturate {
+            self.steps.iter().rfind(|r| kept_up(r))
+        } else {
+            self.steps.first()
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        if self.saturate {
+            serde_json::json!({
+                "steps": self.steps,
+                "sustained_rate": self.sustained().map(|r| r.offered),
+            })
+        } else {
+            serde_json::to_value(self.steps.first()).unwrap_or_default()
+        }
+    }
+
+    fn print(&self, mix: &[&str]) {
+        if !self.saturate {
+            if let Some(r) = self.steps.first() {
+                print_load(r);
+            }
+            return;
+        }
+        let rows: Vec<Vec<String>> = self.steps.iter().map(load_step_row).collect();
+        print_table(
+            &[
+                "target/s",
+                "offered/s",
+                "delivered/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "lost",
+                "CPU %",
+                "CPU s/1k msgs",
+                "above idle",
+                "writes/commit",
+            ],
+            &rows,
+            false,
+        );
+        match self.sustained() {
+            Some(r) => println!(
+                "  sustained: {:.0} msg/s ({}) with {:.0}% of the two cores busy; at that cost the two cores would carry about {:.0} msg/s",
+                r.offered,
+                mix.join(","),
+                r.cpu_busy * 100.0,
+                r.offered / r.cpu_busy.max(0.01)
+            ),
+            None => println!("  not even the first step kept up: lower --rate"),
+        }
+    }
+
+    /// Fails on a lost or duplicated copy (in a single run; a saturation
+    /// search stops at the first step that loses one).
+    fn check(&self) -> anyhow::Result<()> {
+        match self.steps.first() {
+            Some(r) if !self.saturate && (r.lost > 0 || r.duplicates > 0) => {
+                bail!("{} copies lost and {} duplicated", r.lost, r.duplicates)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Runs the load once, or steps its rate up by half until the network no
+/// longer keeps up.
+async fn measure(
+    options: &mut LoadOptions,
+    saturate: bool,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<Measured> {
+    if !saturate {
+        let r = load_run(options, progress).await?;
+        return Ok(Measured {
+            steps: vec![r],
+            saturate,
+        });
+    }
+    let first = options.rate;
     let mut steps: Vec<LoadReport> = Vec::new();
-    let mut rate = args.rate;
     for _ in 0..12 {
-        options.rate = rate;
+        let rate = options.rate;
         progress(&format!("step at {rate:.0} msg/s"));
-        let r = load_run(&options, &mut progress).await?;
+        let r = load_run(options, progress).await?;
         let kept_up = kept_up(&r);
         progress(&format!(
             "{rate:.0} msg/s: delivered {:.1}/s of {:.1}/s offered, p99 {:.0} ms, lost {}, CPU {:.0}% of 2 cores",
@@ -702,47 +827,60 @@ pub(crate) async fn load(args: LoadBenchArgs, json: bool) -> anyhow::Result<()> 
         if !kept_up {
             break;
         }
-        rate *= 1.5;
+        options.rate = rate * 1.5;
     }
-    let sustained = steps.iter().rfind(|r| kept_up(r));
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "steps": steps,
-                "sustained_rate": sustained.map(|r| r.offered),
+    options.rate = first;
+    Ok(Measured { steps, saturate })
+}
+
+/// Group commit off against on, from one invocation.
+#[derive(Debug, serde::Serialize)]
+struct GroupCommitRatios {
+    /// Sustained (or delivered) rate, on ÷ off.
+    rate: f64,
+    /// CPU seconds per 1,000 messages, off ÷ on, at the rate both ran.
+    cpu_per_message: f64,
+    /// Commits per 1,000 messages, off and on.
+    commits_per_1000_off: f64,
+    commits_per_1000_on: f64,
+    /// p99 latency, off and on, at the first rate (both kept up there).
+    p99_ms_off: f64,
+    p99_ms_on: f64,
+}
+
+impl GroupCommitRatios {
+    fn of(off: &Measured, on: &Measured) -> Self {
+        let per_1000 = |r: Option<&LoadReport>| {
+            r.map_or(0.0, |r| {
+                r.store_commits as f64 * 1000.0 / r.offered_messages.max(1) as f64
             })
+        };
+        let rate = |m: &Measured| m.sustained().map_or(0.0, |r| r.delivered);
+        // The CPU per message is compared at the first rate, which both ran.
+        let (first_off, first_on) = (off.steps.first(), on.steps.first());
+        let cpu = |r: Option<&LoadReport>| r.map_or(0.0, |r| r.cpu_secs_per_1000);
+        GroupCommitRatios {
+            rate: rate(on) / rate(off).max(f64::MIN_POSITIVE),
+            cpu_per_message: cpu(first_off) / cpu(first_on).max(f64::MIN_POSITIVE),
+            commits_per_1000_off: per_1000(first_off),
+            commits_per_1000_on: per_1000(first_on),
+            p99_ms_off: first_off.map_or(0.0, |r| r.p99_ms),
+            p99_ms_on: first_on.map_or(0.0, |r| r.p99_ms),
+        }
+    }
+
+    fn print(&self) {
+        println!("\ngroup commit on against off (one invocation, same seed):");
+        println!(
+            "  rate {:.2}x; CPU per message {:.2}x less; commits per 1,000 messages {:.0} -> {:.0}; p99 {:.0} -> {:.0} ms (first rate)",
+            self.rate,
+            self.cpu_per_message,
+            self.commits_per_1000_off,
+            self.commits_per_1000_on,
+            self.p99_ms_off,
+            self.p99_ms_on
         );
-        return Ok(());
     }
-    let rows: Vec<Vec<String>> = steps.iter().map(load_step_row).collect();
-    print_table(
-        &[
-            "target/s",
-            "offered/s",
-            "delivered/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "lost",
-            "CPU %",
-            "CPU s/1k msgs",
-            "above idle",
-        ],
-        &rows,
-        false,
-    );
-    match sustained {
-        Some(r) => println!(
-            "  sustained: {:.0} msg/s ({}) with {:.0}% of the two cores busy; at that cost the two cores would carry about {:.0} msg/s",
-            r.offered,
-            mix.join(","),
-            r.cpu_busy * 100.0,
-            r.offered / r.cpu_busy.max(0.01)
-        ),
-        None => println!("  not even the first step kept up: lower --rate"),
-    }
-    Ok(())
 }
 
 /// A step kept up: at least 90% of the offered rate delivered in the
@@ -770,7 +908,18 @@ fn load_step_row(r: &LoadReport) -> Vec<String> {
         format!("{:.0}", r.cpu_busy * 100.0),
         format!("{:.2}", r.cpu_secs_per_1000),
         format!("{:.2}", r.cpu_secs_per_1000_net),
+        writes_per_commit(r),
     ]
+}
+
+fn writes_per_commit(r: &LoadReport) -> String {
+    if r.store_commits == 0 {
+        return "-".into();
+    }
+    format!(
+        "{:.1}",
+        r.store_commit_writes as f64 / r.store_commits as f64
+    )
 }
 
 fn print_load(r: &LoadReport) {
@@ -827,7 +976,13 @@ fn print_load(r: &LoadReport) {
         r.peak_rss_kib_per_node / 1024.0
     );
     println!(
-        "  set-up {:.1} s (group of {}), drain {:.1} s",
-        r.setup_s, r.group_members, r.drain_s
+        "  set-up {:.1} s (group of {}), drain {:.1} s; group commit {}: {} writes in {} commits ({} per commit)",
+        r.setup_s,
+        r.group_members,
+        r.drain_s,
+        if r.group_commit { "on" } else { "off" },
+        r.store_commit_writes,
+        r.store_commits,
+        writes_per_commit(r)
     );
 }

@@ -546,6 +546,10 @@ pub struct DeliveryConfig {
     /// are deleted this long after they reached that state.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Group commit: the writes that acknowledge something (a message
+    /// accepted, an envelope stored, a receipt recorded) that wait at the
+    /// same time share one commit (one fsync). Off, each commits on its own.
+    pub group_commit: bool,
 }
 
 /// Connection handling.
@@ -613,6 +617,7 @@ impl Default for DeliveryConfig {
             batch: 128,
             tick: Duration::from_millis(250),
             retention: Duration::from_secs(30 * 24 * 3600),
+            group_commit: true,
         }
     }
 }
@@ -987,6 +992,7 @@ retry_jitter = {rj:.1}       # random spread, fraction of the delay
 default_ttl = "{dt}"      # lifetime of a message unless the sender says otherwise
 max_ttl = "{mt}"          # longest lifetime a sender may ask for
 retention = "{rtn}"        # finished outgoing messages are deleted after this
+group_commit = {gc}       # concurrent acknowledging writes share one commit (fsync)
 
 [network]
 idle_connection_timeout = "{ic}"
@@ -1086,6 +1092,7 @@ max_batch = {bmb}                     # messages per request
         dt = humantime::format_duration(d.delivery.default_ttl),
         mt = humantime::format_duration(d.delivery.max_ttl),
         rtn = humantime::format_duration(d.delivery.retention),
+        gc = d.delivery.group_commit,
         ic = humantime::format_duration(d.network.idle_connection_timeout),
         rt = humantime::format_duration(d.network.request_timeout),
         pi = humantime::format_duration(d.network.ping_interval),

@@ -94,6 +94,8 @@ pub enum FindError {
 pub(crate) struct Shared {
     pub(crate) peer_id: PeerId,
     pub(crate) store: Arc<Mutex<Store>>,
+    /// Group commit of the writes that acknowledge something.
+    pub(crate) committer: Arc<crate::commit::Committer>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) wire: Arc<WireCounters>,
     pub(crate) meter: Arc<crate::bandwidth::meter::Meter>,
@@ -326,8 +328,12 @@ impl NodeHandle {
             expires_ms: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             route: options.route.unwrap_or_default(),
         };
-        self.with_store(move |s| s.insert_outgoing(&row).map_err(SendError::from))
-            .await?;
+        self.shared
+            .committer
+            .run(move |s| s.insert_outgoing(&row))
+            .await
+            .map_err(|_| BackgroundFailed("the store job panicked".into()))?
+            .into_result()??;
         // The message is durable; waking the loop is best effort (its tick
         // finds the message anyway).
         let _ = self.commands.try_send(Command::Kick);

@@ -22,6 +22,7 @@ pub mod bandwidth;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod clock;
+mod commit;
 pub mod config;
 pub mod delivery;
 pub mod dht;

@@ -380,9 +380,15 @@ impl Node {
         }
 
         let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let committer = crate::commit::Committer::new(
+            store.clone(),
+            stats.clone(),
+            options.config.delivery.group_commit,
+        );
         let shared = Arc::new(Shared {
             peer_id: identity.peer_id(),
             store,
+            committer,
             stats,
             wire,
             meter,
@@ -862,6 +868,26 @@ impl EventLoop {
         });
     }
 
+    /// Like [`background`](Self::background), but `write` joins the next
+    /// shared commit of the group committer; `finish` builds the result once
+    /// that commit's outcome is known (`Err`: the writes were rolled back).
+    fn committed<T: Send + 'static>(
+        &mut self,
+        write: impl FnOnce(&mut Store) -> T + Send + 'static,
+        finish: impl FnOnce(T, Result<(), String>) -> Option<Internal> + Send + 'static,
+    ) {
+        self.background += 1;
+        let committer = self.shared.committer.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let internal = match committer.run(write).await {
+                Ok(done) => finish(done.value, done.durable),
+                Err(crate::commit::JobLost) => None,
+            };
+            let _ = tx.send(internal.unwrap_or(Internal::Settled)).await;
+        });
+    }
+
     fn emit(&self, event: NodeEvent) {
         let _ = self.shared.events.send(event);
     }
@@ -1336,70 +1362,31 @@ impl EventLoop {
         let now = self.now_ms();
         let stats = self.shared.stats.clone();
         let events = self.shared.events.clone();
-        self.background(move |store| {
-            let response = match response {
-                Ok(r) => r,
-                Err(e) => {
-                    bump(&stats.bad_receipts);
-                    tracing::debug!(%peer, %id, "undecodable response: {e}");
-                    return Some(Internal::Answered { id });
-                }
-            };
-            match response.result {
-                Some(pb::msg_response::Result::Receipt(receipt)) => {
-                    match peercomm_wire::verify_signed_receipt(&receipt, &peer, id) {
-                        Ok(info) => {
-                            let row = ReceiptRow {
-                                message_id: *id.as_bytes(),
-                                recipient: peer.to_base58(),
-                                received_ms: info.received_ms,
-                                signed: receipt.encode_to_vec(),
-                            };
-                            if let Some(hops) = hops {
-                                if let Err(e) = store.set_hops(id.as_bytes(), hops, now) {
-                                    tracing::warn!(%id, "cannot record the hop count: {e}");
-                                }
-                            }
-                            match store.mark_delivered(id.as_bytes(), &row, now) {
-                                Ok(true) => {
-                                    bump(&stats.delivered);
-                                    let _ = events.send(NodeEvent::MessageState {
-                                        id,
-                                        state: DeliveryState::Delivered,
-                                    });
-                                }
-                                Ok(false) => {}
-                                Err(e) => tracing::warn!(%id, "cannot mark delivered: {e}"),
-                            }
-                        }
-                        Err(e) => {
-                            bump(&stats.bad_receipts);
-                            tracing::debug!(%peer, %id, "bad receipt: {e}");
+        let after = stats.clone();
+        self.committed(
+            move |store| {
+                let mut gathered = Vec::new();
+                settle_in_store(store, &stats, &mut gathered, peer, id, response, hops, now);
+                gathered
+            },
+            move |gathered, durable| {
+                if durable.is_ok() {
+                    for event in &gathered {
+                        if let NodeEvent::MessageState {
+                            state: DeliveryState::Delivered,
+                            ..
+                        } = event
+                        {
+                            bump(&after.delivered);
                         }
                     }
+                    send_events(&events, gathered);
                 }
-                Some(pb::msg_response::Result::Reject(reject)) => {
-                    bump(&stats.attempt_failures);
-                    let code = pb::RejectCode::try_from(reject.code)
-                        .unwrap_or(pb::RejectCode::RejectUnspecified);
-                    tracing::debug!(%peer, %id, ?code, reason = %reject.reason, "message rejected");
-                    let terminal = match code {
-                        pb::RejectCode::RejectExpired => Some(DeliveryState::Expired),
-                        pb::RejectCode::RejectInternal | pb::RejectCode::RejectUnspecified => None,
-                        _ => Some(DeliveryState::Failed),
-                    };
-                    if let Some(state) = terminal {
-                        let note = format!("rejected by recipient: {}", reject.reason);
-                        let _ = store.record_attempt(id.as_bytes(), now, now, Some(&note));
-                        if let Ok(true) = store.set_state(id.as_bytes(), state, now) {
-                            let _ = events.send(NodeEvent::MessageState { id, state });
-                        }
-                    }
-                }
-                None => bump(&stats.bad_receipts),
-            }
-            Some(Internal::Answered { id })
-        });
+                // Rolled back: the message is still due, is sent again, and
+                // the recipient's answer to the copy settles it.
+                Some(Internal::Answered { id })
+            },
+        );
     }
 
     // ---- inbound envelopes ------------------------------------------------
@@ -1421,13 +1408,28 @@ impl EventLoop {
         let identity = self.identity.clone();
         let stats = self.shared.stats.clone();
         let events = self.shared.events.clone();
-        self.background(move |store| {
-            let response = accept_envelope(store, &identity, &stats, &events, peer, &request, now);
-            Some(Internal::Respond {
-                token,
-                response: response.encode_to_vec(),
-            })
-        });
+        self.committed(
+            move |store| {
+                let mut gathered = Vec::new();
+                let response =
+                    accept_envelope(store, &identity, &stats, &mut gathered, peer, &request, now);
+                (response, gathered)
+            },
+            move |(response, gathered), durable| {
+                // The receipt promises the message is stored: only once it is.
+                let response = match durable {
+                    Ok(()) => {
+                        send_events(&events, gathered);
+                        response
+                    }
+                    Err(_) => reject_uncommitted(),
+                };
+                Some(Internal::Respond {
+                    token,
+                    response: response.encode_to_vec(),
+                })
+            },
+        );
     }
 
     // ---- events ------------------------------------------------------------
@@ -2444,12 +2446,14 @@ fn seal_outgoing(
 }
 
 /// Checks, opens and stores one inbound envelope; the answer is a receipt
-/// (also for a duplicate, so a lost receipt is repaired) or a reject.
+/// (also for a duplicate, so a lost receipt is repaired) or a reject. The
+/// event it raises goes to `events`, for the caller to send once the write is
+/// committed ([`send_events`]).
 fn accept_envelope(
     store: &mut Store,
     identity: &Identity,
     stats: &Stats,
-    events: &broadcast::Sender<NodeEvent>,
+    events: &mut Vec<NodeEvent>,
     from: PeerId,
     bytes: &[u8],
     now: u64,
@@ -2458,24 +2462,31 @@ fn accept_envelope(
 }
 
 /// Accepts each envelope of a batch request (concatenated frames, at most
-/// [`MAX_BATCH_MESSAGES`](crate::config::MAX_BATCH_MESSAGES)); the answer
-/// is their answers as concatenated frames, in the same order.
+/// [`MAX_BATCH_MESSAGES`](crate::config::MAX_BATCH_MESSAGES)); the answers
+/// are in the same order ([`encode_answers`] frames them).
 pub(crate) fn accept_batch(
     store: &mut Store,
     identity: &Identity,
     stats: &Stats,
-    events: &broadcast::Sender<NodeEvent>,
+    events: &mut Vec<NodeEvent>,
     from: PeerId,
     bytes: &[u8],
     now: u64,
-) -> Vec<u8> {
+) -> Vec<pb::MsgResponse> {
     let frames = bandwidth::split_frames(bytes, crate::config::MAX_BATCH_MESSAGES);
     if frames.is_empty() {
         bump(&stats.rejected_malformed);
     }
+    frames
+        .iter()
+        .map(|frame| accept_envelope(store, identity, stats, events, from, frame, now))
+        .collect()
+}
+
+/// Answers as concatenated frames: the body of a batch response.
+pub(crate) fn encode_answers(answers: &[pb::MsgResponse]) -> Vec<u8> {
     let mut out = Vec::new();
-    for frame in frames {
-        let answer = accept_envelope(store, identity, stats, events, from, &frame, now);
+    for answer in answers {
         if let Ok(encoded) = peercomm_wire::encode_frame(&answer.encode_to_vec()) {
             out.extend(encoded);
         }
@@ -2490,7 +2501,7 @@ fn accept_envelope_seen(
     store: &mut Store,
     identity: &Identity,
     stats: &Stats,
-    events: &broadcast::Sender<NodeEvent>,
+    events: &mut Vec<NodeEvent>,
     from: PeerId,
     bytes: &[u8],
     now: u64,
@@ -2555,7 +2566,7 @@ fn accept_envelope_seen(
                 *fresh = true;
             }
             bump(&stats.received);
-            let _ = events.send(NodeEvent::MessageReceived {
+            events.push(NodeEvent::MessageReceived {
                 id: header.id,
                 from: header.sender,
             });
@@ -2563,10 +2574,7 @@ fn accept_envelope_seen(
         Ok(false) => bump(&stats.duplicates),
         Err(e) => {
             tracing::warn!("cannot store an incoming message: {e}");
-            return reject(
-                pb::RejectCode::RejectInternal,
-                "the recipient could not store it; retry later".into(),
-            );
+            return reject_uncommitted();
         }
     }
     let receipt = match peercomm_wire::sign_receipt_message(
@@ -2586,6 +2594,99 @@ fn accept_envelope_seen(
     };
     pb::MsgResponse {
         result: Some(pb::msg_response::Result::Receipt(receipt)),
+    }
+}
+
+/// Records the recipient's answer to one of our messages (see
+/// [`EventLoop::settle`]); the events it raises go to `events`, to be sent
+/// once the writes are committed.
+#[allow(clippy::too_many_arguments)]
+fn settle_in_store(
+    store: &mut Store,
+    stats: &Stats,
+    events: &mut Vec<NodeEvent>,
+    peer: PeerId,
+    id: MessageId,
+    response: Result<pb::MsgResponse, String>,
+    hops: Option<u32>,
+    now: u64,
+) {
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            bump(&stats.bad_receipts);
+            tracing::debug!(%peer, %id, "undecodable response: {e}");
+            return;
+        }
+    };
+
+    match response.result {
+        Some(pb::msg_response::Result::Receipt(receipt)) => {
+            match peercomm_wire::verify_signed_receipt(&receipt, &peer, id) {
+                Ok(info) => {
+                    let row = ReceiptRow {
+                        message_id: *id.as_bytes(),
+                        recipient: peer.to_base58(),
+                        received_ms: info.received_ms,
+                        signed: receipt.encode_to_vec(),
+                    };
+                    if let Some(hops) = hops {
+                        if let Err(e) = store.set_hops(id.as_bytes(), hops, now) {
+                            tracing::warn!(%id, "cannot record the hop count: {e}");
+                        }
+                    }
+                    match store.mark_delivered(id.as_bytes(), &row, now) {
+                        Ok(true) => events.push(NodeEvent::MessageState {
+                            id,
+                            state: DeliveryState::Delivered,
+                        }),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(%id, "cannot mark delivered: {e}"),
+                    }
+                }
+                Err(e) => {
+                    bump(&stats.bad_receipts);
+                    tracing::debug!(%peer, %id, "bad receipt: {e}");
+                }
+            }
+        }
+        Some(pb::msg_response::Result::Reject(reject)) => {
+            bump(&stats.attempt_failures);
+            let code =
+                pb::RejectCode::try_from(reject.code).unwrap_or(pb::RejectCode::RejectUnspecified);
+            tracing::debug!(%peer, %id, ?code, reason = %reject.reason, "message rejected");
+            let terminal = match code {
+                pb::RejectCode::RejectExpired => Some(DeliveryState::Expired),
+                pb::RejectCode::RejectInternal | pb::RejectCode::RejectUnspecified => None,
+                _ => Some(DeliveryState::Failed),
+            };
+            if let Some(state) = terminal {
+                let note = format!("rejected by recipient: {}", reject.reason);
+                let _ = store.record_attempt(id.as_bytes(), now, now, Some(&note));
+                if let Ok(true) = store.set_state(id.as_bytes(), state, now) {
+                    events.push(NodeEvent::MessageState { id, state });
+                }
+            }
+        }
+        None => bump(&stats.bad_receipts),
+    }
+}
+
+/// Sends events gathered while writing, once the writes are committed.
+fn send_events(events: &broadcast::Sender<NodeEvent>, gathered: Vec<NodeEvent>) {
+    for event in gathered {
+        let _ = events.send(event);
+    }
+}
+
+/// The answer to an envelope whose store write was rolled back with the
+/// shared commit: the sender retries it later.
+fn reject_uncommitted() -> pb::MsgResponse {
+    pb::MsgResponse {
+        result: Some(pb::msg_response::Result::Reject(pb::Reject {
+            code: pb::RejectCode::RejectInternal as i32,
+            reason: "the recipient could not store it; retry later".into(),
+        })),
     }
 }
 

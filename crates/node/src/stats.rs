@@ -168,6 +168,14 @@ pub(crate) struct Stats {
     pub(crate) sealed_zstd: AtomicU64,
     /// Bodies sealed uncompressed (short, incompressible, or compression off).
     pub(crate) sealed_uncompressed: AtomicU64,
+    /// Commits the group committer made (one per round when grouped, one
+    /// per write when not).
+    pub(crate) store_commit_rounds: AtomicU64,
+    /// Writes the group committer ran (messages accepted, envelopes stored,
+    /// receipts recorded).
+    pub(crate) store_commit_jobs: AtomicU64,
+    /// Shared commits that failed (every write in them was told so).
+    pub(crate) store_commit_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for status output.
@@ -251,6 +259,9 @@ pub struct StatsSnapshot {
     pub sealed_dictionary: u64,
     pub sealed_zstd: u64,
     pub sealed_uncompressed: u64,
+    pub store_commit_rounds: u64,
+    pub store_commit_jobs: u64,
+    pub store_commit_failures: u64,
     /// Bytes read from TCP sockets.
     pub wire_bytes_in: u64,
     /// Bytes written to TCP sockets.
@@ -613,6 +624,22 @@ impl StatsSnapshot {
                 self.sealed_uncompressed,
             ),
             (
+                "peercomm_store_commit_rounds",
+                "Commits the group committer made (one per write with group commit off).",
+                self.store_commit_rounds,
+            ),
+            (
+                "peercomm_store_commit_jobs",
+                "Writes run by the group committer (messages accepted, envelopes stored, \
+                 receipts recorded); divided by the rounds, the writes per commit.",
+                self.store_commit_jobs,
+            ),
+            (
+                "peercomm_store_commit_failures",
+                "Shared commits that failed; every write in them was reported failed.",
+                self.store_commit_failures,
+            ),
+            (
                 "peercomm_wire_bytes_in",
                 "Bytes read from TCP sockets.",
                 self.wire_bytes_in,
@@ -670,6 +697,11 @@ impl Stats {
 /// Adds one to a counter.
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 impl Stats {
@@ -754,6 +786,9 @@ impl Stats {
             sealed_dictionary: g(&self.sealed_dictionary),
             sealed_zstd: g(&self.sealed_zstd),
             sealed_uncompressed: g(&self.sealed_uncompressed),
+            store_commit_rounds: g(&self.store_commit_rounds),
+            store_commit_jobs: g(&self.store_commit_jobs),
+            store_commit_failures: g(&self.store_commit_failures),
             wire_bytes_in: g(&wire.bytes_in),
             wire_bytes_out: g(&wire.bytes_out),
         }

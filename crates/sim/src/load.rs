@@ -141,6 +141,9 @@ pub struct LoadOptions {
     /// One online node's link (both directions) paced to this many bytes
     /// per second: a congested link.
     pub congested_link: Option<u64>,
+    /// The nodes' group commit (`delivery.group_commit`); off, every
+    /// acknowledging write commits on its own.
+    pub group_commit: bool,
 }
 
 impl LoadOptions {
@@ -166,6 +169,7 @@ impl LoadOptions {
             members_away: true,
             add_member: false,
             congested_link: None,
+            group_commit: true,
         }
     }
 
@@ -334,7 +338,15 @@ pub struct LoadReport {
     pub member_added: Option<bool>,
     /// The node on the congested link, if any.
     pub congested_node: Option<usize>,
-    /// The seed.
+    /// Whether the nodes ran group commit.
+    pub group_commit: bool,
+    /// Commits of the nodes' group committers from the first send to the
+    /// end of the drain (one per write with group commit off).
+    pub store_commits: u64,
+    /// Acknowledging writes (messages accepted, envelopes stored, receipts
+    /// recorded) in those commits.
+    pub store_commit_writes: u64,
+    /// Seed of every random choice.
     pub seed: u64,
 }
 
@@ -529,6 +541,7 @@ pub async fn load(
     // The product's routing-table refresh, not the tests' 30 s: N nodes on
     // two cores each walking their buckets every 30 s is load of its own.
     sim.config.dht.refresh_interval = peercomm_node::Config::default().dht.refresh_interval;
+    sim.config.delivery.group_commit = options.group_commit;
     let mut net = SimNet::start(sim).await?;
     let result = run(&mut net, options, progress).await;
     net.shutdown().await;
@@ -628,6 +641,7 @@ async fn run(
     seen.take(&mut rx);
 
     let cpu0 = cpu_secs();
+    let commits0 = commit_counts(net);
     let start = Instant::now();
     let window_end = start + options.duration;
     let half = start + options.duration / 2;
@@ -815,6 +829,11 @@ async fn run(
         _ => None,
     };
     let cpu = cpu_secs() - cpu0;
+    let commits = commit_counts(net);
+    let (store_commits, store_commit_writes) = (
+        commits.0.saturating_sub(commits0.0),
+        commits.1.saturating_sub(commits0.1),
+    );
     let wall = start.elapsed().as_secs_f64();
     for w in watchers {
         w.abort();
@@ -995,8 +1014,22 @@ async fn run(
         group_members_away: cast.members_away,
         member_added,
         congested_node: cast.congested,
+        group_commit: options.group_commit,
+        store_commits,
+        store_commit_writes,
         seed: options.seed,
     })
+}
+
+/// Group-committer rounds and the writes they ran, summed over the running
+/// nodes (a node restarted in between counts from its restart).
+fn commit_counts(net: &SimNet) -> (u64, u64) {
+    (0..net.len())
+        .filter(|&i| net.is_running(i))
+        .map(|i| net.handle(i).stats())
+        .fold((0, 0), |(r, w), s| {
+            (r + s.store_commit_rounds, w + s.store_commit_jobs)
+        })
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Criterion benches of the store's hot paths on a real SQLite file (WAL,
 //! as the node runs it): a message into the outbox (the write a send makes
 //! durable before it is acknowledged), a received message into the inbox,
-//! and reading them back. `cargo bench -p peercomm-store`.
+//! and reading them back; and 32 writes each committed on its own against the
+//! same 32 under one commit (`Store::in_one_commit`, the node's group commit).
+//! `cargo bench -p peercomm-store`.
 
 use std::hint::black_box;
 
@@ -79,6 +81,37 @@ fn store(c: &mut Criterion) {
     });
     group.bench_function("inbox_page_50", |b| {
         b.iter(|| store.inbox(None, Some(0), 50).expect("inbox"))
+    });
+    // 32 received messages: what a busy node's committer finds waiting.
+    let mut burst = 1u64 << 50;
+    let mut next_burst = || {
+        burst += 32;
+        (burst - 32..burst).map(incoming).collect::<Vec<_>>()
+    };
+    group.bench_function("insert_incoming_32_own_commits", |b| {
+        b.iter_batched(
+            &mut next_burst,
+            |ms| {
+                for m in &ms {
+                    store.insert_incoming(m).expect("insert");
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("insert_incoming_32_one_commit", |b| {
+        b.iter_batched(
+            &mut next_burst,
+            |ms| {
+                let ((), committed) = store.in_one_commit(|s| {
+                    for m in &ms {
+                        s.insert_incoming(m).expect("insert");
+                    }
+                });
+                committed.expect("commit")
+            },
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

@@ -99,6 +99,13 @@ pub enum StoreError {
         /// The message the receipt names.
         receipt_for: [u8; 16],
     },
+    /// The commit this call's writes shared with others failed
+    /// ([`Store::in_one_commit`](crate::Store::in_one_commit)); none of them was kept.
+    #[error("the shared commit failed and nothing of this call was kept: {reason}")]
+    CommitFailed {
+        /// The database's message.
+        reason: String,
+    },
     /// No outgoing message has this id.
     #[error("no outgoing message {}", hex16(id))]
     NotFound {

@@ -20,10 +20,12 @@ mod receipts;
 mod route;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Transaction, TransactionBehavior};
+use rusqlite::{Savepoint, Transaction, TransactionBehavior};
 
 pub use dht::DhtRecordRow;
 pub use error::{OpenError, StoreError};
@@ -168,11 +170,88 @@ impl Store {
     }
 
     /// Starts a write transaction that takes the write lock up front, so a read-then-write
-    /// never fails half-way on a lock upgrade.
-    fn write_tx(&mut self, op: &'static str) -> Result<Transaction<'_>, StoreError> {
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(op))
+    /// never fails half-way on a lock upgrade. Inside [`Store::in_one_commit`] it is a savepoint
+    /// of the shared transaction instead: committing it keeps its writes for the shared commit,
+    /// dropping it undoes them alone.
+    fn write_tx(&mut self, op: &'static str) -> Result<WriteTx<'_>, StoreError> {
+        if self.conn.is_autocommit() {
+            self.conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map(WriteTx::Own)
+                .map_err(sql(op))
+        } else {
+            self.conn.savepoint().map(WriteTx::Nested).map_err(sql(op))
+        }
+    }
+
+    /// Runs `f` with every write it makes through this store under one commit: one fsync for
+    /// all of them instead of one each (group commit). Each write still runs on its own (in a
+    /// savepoint), so one that fails is undone alone and the others stay.
+    ///
+    /// Nothing `f` wrote is durable until the second value is `Ok`; on `Err` all of it was
+    /// rolled back, and whoever was waiting on those writes must be told they failed. If the
+    /// shared transaction cannot be begun, `f` runs with each write committing on its own
+    /// (as outside this call) and the result is `Ok`. Called inside another
+    /// `in_one_commit`, it joins the outer one. If `f` panics, the shared transaction is rolled
+    /// back and the panic goes on.
+    pub fn in_one_commit<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store) -> R,
+    ) -> (R, Result<(), StoreError>) {
+        const OP: &str = "in_one_commit";
+        if !self.conn.is_autocommit() {
+            return (f(self), Ok(()));
+        }
+        if self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // Each write then begins its own transaction, and reports its own error.
+            return (f(self), Ok(()));
+        }
+        let value = match catch_unwind(AssertUnwindSafe(|| f(&mut *self))) {
+            Ok(v) => v,
+            Err(panic) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                resume_unwind(panic);
+            }
+        };
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => (value, Ok(())),
+            Err(source) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                (value, Err(StoreError::Sqlite { op: OP, source }))
+            }
+        }
+    }
+}
+
+/// A write transaction of the store's own, or a savepoint of the one
+/// [`Store::in_one_commit`] holds open.
+pub(crate) enum WriteTx<'a> {
+    /// `BEGIN IMMEDIATE … COMMIT`: durable when committed.
+    Own(Transaction<'a>),
+    /// `SAVEPOINT … RELEASE`: kept for the shared commit when committed.
+    Nested(Savepoint<'a>),
+}
+
+impl WriteTx<'_> {
+    /// Commits the transaction, or releases the savepoint into the shared one.
+    pub(crate) fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            WriteTx::Own(tx) => tx.commit(),
+            WriteTx::Nested(sp) => sp.commit(),
+        }
+    }
+}
+
+impl Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            WriteTx::Own(tx) => tx,
+            WriteTx::Nested(sp) => sp,
+        }
     }
 }
 
@@ -214,6 +293,98 @@ mod tests {
         assert_eq!(get("foreign_keys"), "Integer(1)");
         assert_eq!(get("busy_timeout"), "Integer(5000)");
         store.checkpoint().unwrap();
+    }
+
+    fn outgoing(n: u8) -> NewOutgoing {
+        NewOutgoing {
+            id: [n; 16],
+            recipient: "bob".into(),
+            body: vec![n],
+            priority: 3,
+            kind: 1,
+            created_ms: 10,
+            expires_ms: 1_000,
+            route: Route::Auto,
+        }
+    }
+
+    fn ids(store: &Store) -> Vec<u8> {
+        store
+            .list_outgoing(None, None, 100)
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.id[0])
+            .collect()
+    }
+
+    #[test]
+    fn one_commit_keeps_every_write_and_undoes_a_failed_one_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let mut store = Store::open(&path).unwrap();
+        let (results, committed) = store.in_one_commit(|s| {
+            assert!(!s.conn.is_autocommit(), "the shared transaction is open");
+            [1, 2, 1, 3]
+                .into_iter()
+                .map(|n| s.insert_outgoing(&outgoing(n)).is_ok())
+                .collect::<Vec<_>>()
+        });
+        committed.unwrap();
+        // The duplicate failed alone; its savepoint was undone, the rest kept.
+        assert_eq!(results, vec![true, true, false, true]);
+        assert!(store.conn.is_autocommit(), "no transaction is left open");
+        drop(store);
+        // Durable: a fresh connection sees all three.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(ids(&store), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_failed_shared_commit_keeps_nothing() {
+        let mut store = Store::open_in_memory().unwrap();
+        let ((), committed) = store.in_one_commit(|s| {
+            s.insert_outgoing(&outgoing(1)).unwrap();
+            // A receipt for a message that is not there, with the foreign key checked only at
+            // COMMIT: the insert succeeds, the shared commit fails.
+            s.conn
+                .execute_batch("PRAGMA defer_foreign_keys = ON")
+                .unwrap();
+            s.conn
+                .execute(
+                    "INSERT INTO receipts (message_id, recipient, received_ms, signed) \
+                     VALUES (?1, 'bob', 1, x'00')",
+                    [[9u8; 16]],
+                )
+                .unwrap();
+        });
+        let err = committed.unwrap_err();
+        assert!(err.to_string().starts_with("in_one_commit: "), "{err}");
+        assert!(store.conn.is_autocommit());
+        assert_eq!(ids(&store), Vec::<u8>::new(), "the good write went too");
+        // The store works on afterwards.
+        store.insert_outgoing(&outgoing(2)).unwrap();
+        assert_eq!(ids(&store), vec![2]);
+    }
+
+    #[test]
+    fn a_panic_inside_rolls_back_and_nested_calls_join_the_outer_commit() {
+        let mut store = Store::open_in_memory().unwrap();
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            store.in_one_commit(|s| {
+                s.insert_outgoing(&outgoing(1)).unwrap();
+                panic!("a bug in a job");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert!(store.conn.is_autocommit(), "rolled back, not left open");
+        assert_eq!(ids(&store), Vec::<u8>::new());
+        let ((), outer) = store.in_one_commit(|s| {
+            let ((), inner) = s.in_one_commit(|s| s.insert_outgoing(&outgoing(4)).unwrap());
+            inner.unwrap();
+            assert!(!s.conn.is_autocommit(), "the inner call did not commit");
+        });
+        outer.unwrap();
+        assert_eq!(ids(&store), vec![4]);
     }
 
     #[test]

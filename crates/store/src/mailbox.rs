@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::error::{sql, StoreError};
 use crate::{page, Store};
@@ -224,7 +224,7 @@ fn item_from_row(r: &Row<'_>) -> rusqlite::Result<MailItem> {
 }
 
 /// `(items, bytes)` matching `filter` (a `WHERE` clause over one `?1`).
-fn usage(tx: &Transaction<'_>, filter: &str, value: &str) -> rusqlite::Result<(u64, u64)> {
+fn usage(tx: &Connection, filter: &str, value: &str) -> rusqlite::Result<(u64, u64)> {
     tx.prepare_cached(&format!(
         "SELECT count(*), COALESCE(SUM(length(item)), 0) FROM mailbox WHERE {filter}"
     ))?
@@ -233,7 +233,7 @@ fn usage(tx: &Transaction<'_>, filter: &str, value: &str) -> rusqlite::Result<(u
 
 /// The first quota a new item of `bytes` bytes would break.
 fn check_quotas(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     item: &NewMailItem,
     q: &MailboxQuotas,
 ) -> rusqlite::Result<Option<QuotaExceeded>> {

@@ -16,7 +16,9 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{Multiaddr, PeerId};
 use peercomm_wire::{MessageId, Priority};
 
-use super::{accept_batch, EventLoop, InFlight, Internal};
+use super::{
+    accept_batch, encode_answers, reject_uncommitted, send_events, EventLoop, InFlight, Internal,
+};
 use crate::bandwidth::budget::Budget;
 use crate::bandwidth::congestion::{CongestionConfig, Controller, State};
 use crate::bandwidth::report::{self, BandwidthReport, PeerLinkState};
@@ -504,10 +506,23 @@ impl EventLoop {
         let identity = self.identity.clone();
         let stats = self.shared.stats.clone();
         let events = self.shared.events.clone();
-        self.background(move |store| {
-            let response = accept_batch(store, &identity, &stats, &events, peer, &request, now);
-            Some(Internal::RespondBatch { token, response })
-        });
+        self.committed(
+            move |store| {
+                let mut gathered = Vec::new();
+                let answers =
+                    accept_batch(store, &identity, &stats, &mut gathered, peer, &request, now);
+                (answers, gathered)
+            },
+            move |(mut answers, gathered), durable| {
+                match durable {
+                    Ok(()) => send_events(&events, gathered),
+                    // The receipts promised storage that was rolled back.
+                    Err(_) => answers.iter_mut().for_each(|a| *a = reject_uncommitted()),
+                }
+                let response = encode_answers(&answers);
+                Some(Internal::RespondBatch { token, response })
+            },
+        );
     }
 
     fn on_msg_batch_response(

@@ -14,7 +14,7 @@ use peercomm_store::DeliveryState;
 use peercomm_wire::pb::{MailDepositCode, MailRefusalCode};
 use peercomm_wire::{MailPayload, MailboxRequest, MailboxResponse, MessageId};
 
-use super::{accept_envelope_seen, EventLoop, Internal};
+use super::{accept_envelope_seen, send_events, EventLoop, Internal};
 use crate::config::{MailboxConfig, Role};
 use crate::mailbox::{mailbox_key, serve, take_receipt, Context, Effect, OwnReceipt};
 use crate::routing::quota::ForwardQuota;
@@ -786,63 +786,88 @@ impl EventLoop {
         let events = self.shared.events.clone();
         let now = self.now_ms();
         self.background(move |store| {
-            let mut acks = Vec::new();
-            let mut receipts = Vec::new();
-            for item in items {
-                match item.payload {
-                    MailPayload::Envelope(bytes) => {
-                        let mut seen = None;
-                        let answer = accept_envelope_seen(
-                            store, &identity, &stats, &events, mailbox, &bytes, now, &mut seen,
-                        );
-                        let Some((header, fresh)) = seen else {
-                            // Unreadable: nothing to acknowledge it by.
-                            continue;
-                        };
-                        if fresh {
-                            bump(&stats.mailbox_drained);
-                        }
-                        match answer.result {
-                            Some(peercomm_wire::pb::msg_response::Result::Receipt(receipt)) => {
-                                receipts.push((
-                                    header.sender,
-                                    prost::Message::encode_to_vec(&receipt),
-                                    header.id,
-                                ));
+            // One commit for the page: its acks and receipts go out only
+            // once every message in it is stored.
+            let ((acks, receipts, gathered), durable) = store.in_one_commit(|store| {
+                let mut acks = Vec::new();
+                let mut receipts = Vec::new();
+                let mut gathered = Vec::new();
+                for item in items {
+                    match item.payload {
+                        MailPayload::Envelope(bytes) => {
+                            let mut seen = None;
+                            let answer = accept_envelope_seen(
+                                store,
+                                &identity,
+                                &stats,
+                                &mut gathered,
+                                mailbox,
+                                &bytes,
+                                now,
+                                &mut seen,
+                            );
+                            let Some((header, fresh)) = seen else {
+                                // Unreadable: nothing to acknowledge it by.
+                                continue;
+                            };
+                            if fresh {
+                                bump(&stats.mailbox_drained);
                             }
-                            Some(peercomm_wire::pb::msg_response::Result::Reject(reject))
-                                if reject.code
-                                    != peercomm_wire::pb::RejectCode::RejectInternal as i32 =>
-                            {
-                                // Never deliverable here: the mailbox may drop it.
-                                acks.push(header.id);
-                            }
-                            _ => {}
-                        }
-                    }
-                    MailPayload::Receipt(bytes) => {
-                        let Ok(info) = peercomm_wire::open_receipt(&bytes) else {
-                            continue;
-                        };
-                        match take_receipt(store, &info, bytes, now) {
-                            OwnReceipt::Delivered { id, fresh } => {
-                                if fresh {
-                                    bump(&stats.mailbox_receipts);
-                                    bump(&stats.delivered);
-                                    let _ = events.send(NodeEvent::MessageState {
-                                        id,
-                                        state: DeliveryState::Delivered,
-                                    });
+                            match answer.result {
+                                Some(peercomm_wire::pb::msg_response::Result::Receipt(receipt)) => {
+                                    receipts.push((
+                                        header.sender,
+                                        prost::Message::encode_to_vec(&receipt),
+                                        header.id,
+                                    ));
                                 }
-                                acks.push(id);
+                                Some(peercomm_wire::pb::msg_response::Result::Reject(reject))
+                                    if reject.code
+                                        != peercomm_wire::pb::RejectCode::RejectInternal as i32 =>
+                                {
+                                    // Never deliverable here: the mailbox may drop it.
+                                    acks.push(header.id);
+                                }
+                                _ => {}
                             }
-                            // Not ours: drop it from the mailbox.
-                            OwnReceipt::NotOurs(_) => acks.push(info.id),
-                            OwnReceipt::Failed => {}
+                        }
+                        MailPayload::Receipt(bytes) => {
+                            let Ok(info) = peercomm_wire::open_receipt(&bytes) else {
+                                continue;
+                            };
+                            match take_receipt(store, &info, bytes, now) {
+                                OwnReceipt::Delivered { id, fresh } => {
+                                    if fresh {
+                                        bump(&stats.mailbox_receipts);
+                                        bump(&stats.delivered);
+                                        gathered.push(NodeEvent::MessageState {
+                                            id,
+                                            state: DeliveryState::Delivered,
+                                        });
+                                    }
+                                    acks.push(id);
+                                }
+                                // Not ours: drop it from the mailbox.
+                                OwnReceipt::NotOurs(_) => acks.push(info.id),
+                                OwnReceipt::Failed => {}
+                            }
                         }
                     }
                 }
+                (acks, receipts, gathered)
+            });
+            if let Err(e) = durable {
+                // Nothing of the page was kept: acknowledge nothing, stop
+                // here; the next drain fetches it again.
+                tracing::warn!(%mailbox, "cannot store a mailbox page: {e}");
+                return Some(Internal::MailboxDrained(Drained {
+                    mailbox,
+                    acks: Vec::new(),
+                    receipts: Vec::new(),
+                    next: None,
+                }));
             }
+            send_events(&events, gathered);
             Some(Internal::MailboxDrained(Drained {
                 mailbox,
                 acks,
