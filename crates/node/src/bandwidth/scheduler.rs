@@ -449,6 +449,16 @@ impl<T> Scheduler<T> {
         self.lanes.get(class).queue.front().map(|e| e.bytes)
     }
 
+    /// Size of the largest item at the head of any class, held or not: an
+    /// upper bound on what the next [`Scheduler::pop`] returns.
+    pub fn max_head_bytes(&self) -> usize {
+        Priority::ALL
+            .iter()
+            .filter_map(|&c| self.head_bytes(c))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Bytes queued in `class`.
     pub fn queued_bytes_of(&self, class: Priority) -> u64 {
         self.lanes.get(class).bytes
@@ -591,6 +601,29 @@ mod tests {
         assert_eq!(classes_of(&mut s, now, 10), Priority::ALL.to_vec());
         assert!(s.pop(now).is_none());
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn max_head_bytes_bounds_the_next_pop() {
+        let now = Instant::now();
+        let mut s = sched();
+        assert_eq!(s.max_head_bytes(), 0);
+        s.push(Priority::Interactive, "small", 300, now).unwrap();
+        s.push(Priority::Bulk, "big", 90_000, now).unwrap();
+        s.push(Priority::Bulk, "after", 10, now).unwrap();
+        assert_eq!(s.max_head_bytes(), 90_000);
+        s.set_hold(Priority::Bulk, true);
+        assert_eq!(s.max_head_bytes(), 90_000, "held classes count too");
+        s.set_hold(Priority::Bulk, false);
+        let mut popped = 0;
+        for _ in 0..10 {
+            let bound = s.max_head_bytes();
+            let Some(p) = s.pop(now) else { break };
+            assert!(p.bytes <= bound, "{} popped, bound {bound}", p.bytes);
+            popped += 1;
+        }
+        assert_eq!(popped, 3);
+        assert_eq!(s.max_head_bytes(), 0);
     }
 
     #[test]

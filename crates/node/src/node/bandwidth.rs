@@ -233,6 +233,11 @@ impl EventLoop {
             let mut bytes = 0;
             let mut bulk = 0;
             while batch.len() < max_batch {
+                // The next item must fit too (one alone always goes): a
+                // batch over a frame's 128 KiB would fail whole.
+                if !batch.is_empty() && bytes + link.queue.max_head_bytes() > MAX_BATCH_BYTES {
+                    break;
+                }
                 let Some(next) = link.queue.pop(now) else {
                     break;
                 };
