@@ -114,9 +114,53 @@ pub(crate) struct Pull {
     pub(crate) fallback: Option<PeerId>,
 }
 
+/// What to do with a post announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnAnnounce {
+    /// We hold the post: accept the announcement (gossipsub passes it on).
+    Accept,
+    /// A pull of this post is under way (another member announced it
+    /// too): that pull fetches it; this announcement is dropped, and
+    /// nothing failed.
+    AlreadyPulling,
+    /// Too many pulls at once: a failed pull; catch up from the group's
+    /// mailboxes instead.
+    Busy,
+    /// Fetch the post from whoever announced it.
+    Pull,
+}
+
+/// The decision for an announcement of a post we `hold` or not, with a pull
+/// of it `pulling` or not, and `pulls` pulls under way.
+pub(crate) fn on_announce(hold: bool, pulling: bool, pulls: usize) -> OnAnnounce {
+    if hold {
+        OnAnnounce::Accept
+    } else if pulling {
+        OnAnnounce::AlreadyPulling
+    } else if pulls >= MAX_PULLS {
+        OnAnnounce::Busy
+    } else {
+        OnAnnounce::Pull
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_announcement_of_a_post_being_pulled_is_not_a_failure() {
+        assert_eq!(on_announce(true, false, MAX_PULLS), OnAnnounce::Accept);
+        assert_eq!(on_announce(false, false, 0), OnAnnounce::Pull);
+        assert_eq!(on_announce(false, true, 1), OnAnnounce::AlreadyPulling);
+        // Even with the pulls full, one already under way is not "busy".
+        assert_eq!(
+            on_announce(false, true, MAX_PULLS),
+            OnAnnounce::AlreadyPulling
+        );
+        assert_eq!(on_announce(false, false, MAX_PULLS), OnAnnounce::Busy);
+        assert_eq!(on_announce(false, false, MAX_PULLS - 1), OnAnnounce::Pull);
+    }
 
     #[test]
     fn the_cache_serves_by_group_and_id_and_forgets_old_posts() {

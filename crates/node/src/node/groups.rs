@@ -24,7 +24,7 @@ use super::{EventLoop, Internal};
 use crate::groups::engine::{self, Change, Cx, Effects};
 use crate::groups::mailbox::group_mailbox_key;
 use crate::groups::mls::Mls;
-use crate::groups::pull::{PostCache, Pull, MAX_PULLS, PULL_FROM_BYTES};
+use crate::groups::pull::{on_announce, OnAnnounce, PostCache, Pull, PULL_FROM_BYTES};
 use crate::groups::store as gstore;
 use crate::groups::{GroupChange, GroupCommand, GroupError, GroupId, GroupState};
 use crate::mailbox::by_distance;
@@ -607,14 +607,20 @@ impl EventLoop {
         author: Option<PeerId>,
     ) -> Option<MessageAcceptance> {
         let post = announce.key.post_id;
-        if self.groups.cache.get(&announce.group_id, &post).is_some() {
-            return Some(MessageAcceptance::Accept);
-        }
-        if self.groups.pulls.len() >= MAX_PULLS || self.groups.pulls.contains_key(&post) {
-            // Too many at once: the group's mailboxes have it too.
-            bump(&self.shared.stats.group_pulls_failed);
-            self.group_catch_up_soon(GroupId::from(announce.group_id));
-            return Some(MessageAcceptance::Ignore);
+        match on_announce(
+            self.groups.cache.get(&announce.group_id, &post).is_some(),
+            self.groups.pulls.contains_key(&post),
+            self.groups.pulls.len(),
+        ) {
+            OnAnnounce::Accept => return Some(MessageAcceptance::Accept),
+            OnAnnounce::AlreadyPulling => return Some(MessageAcceptance::Ignore),
+            OnAnnounce::Busy => {
+                // Too many at once: the group's mailboxes have it too.
+                bump(&self.shared.stats.group_pulls_failed);
+                self.group_catch_up_soon(GroupId::from(announce.group_id));
+                return Some(MessageAcceptance::Ignore);
+            }
+            OnAnnounce::Pull => {}
         }
         let pull = Pull {
             announce,
@@ -684,8 +690,9 @@ impl EventLoop {
             .report_message_validation_result(&pull.message_id, &pull.source, accept);
     }
 
-    /// An announced post could not be fetched: the author deposited it with
-    /// the group's mailboxes, so catch up from them.
+    /// Catches up from the group's mailboxes unless a catch-up is already
+    /// under way (e.g. an announced post could not be fetched: the author
+    /// deposited it with them).
     fn group_catch_up_soon(&mut self, group: GroupId) {
         if !self.groups.catching_up.contains(&group) {
             self.group_catch_up(group);
@@ -1102,9 +1109,7 @@ impl EventLoop {
             self.group_publish(group, post);
         }
         for group in effects.catch_up {
-            if !self.groups.catching_up.contains(&group) {
-                self.group_catch_up(group);
-            }
+            self.group_catch_up_soon(group);
         }
         for (group, peer) in effects.invite {
             self.group_fetch_key_packages(group, vec![peer], None);
