@@ -2461,6 +2461,23 @@ fn accept_envelope(
     accept_envelope_seen(store, identity, stats, events, from, bytes, now, &mut None)
 }
 
+/// [`accept_envelope`] for a path whose write commits on its own (not
+/// through the group committer): its event goes out at once.
+fn accept_envelope_now(
+    store: &mut Store,
+    identity: &Identity,
+    stats: &Stats,
+    events: &broadcast::Sender<NodeEvent>,
+    from: PeerId,
+    bytes: &[u8],
+    now: u64,
+) -> pb::MsgResponse {
+    let mut gathered = Vec::new();
+    let answer = accept_envelope(store, identity, stats, &mut gathered, from, bytes, now);
+    send_events(events, gathered);
+    answer
+}
+
 /// Accepts each envelope of a batch request (concatenated frames, at most
 /// [`MAX_BATCH_MESSAGES`](crate::config::MAX_BATCH_MESSAGES)); the answers
 /// are in the same order ([`encode_answers`] frames them).

@@ -18,7 +18,7 @@ use peercomm_wire::{
 use rand::rngs::OsRng;
 use rand::RngCore;
 
-use super::{accept_envelope, send_events, EventLoop, Internal};
+use super::{accept_envelope_now, EventLoop, Internal};
 use crate::config::{OnionConfig, Role};
 use crate::handle::OnionStatus;
 use crate::onion::keys::{OnionKeys, PeelError};
@@ -815,17 +815,9 @@ impl EventLoop {
                 self.background(move |store| {
                     // The sender's address is unknown here (that is the
                     // point); `from` is the last relay.
-                    let mut gathered = Vec::new();
-                    let answer = accept_envelope(
-                        store,
-                        &identity,
-                        &stats,
-                        &mut gathered,
-                        from,
-                        &envelope,
-                        now_ms,
+                    let answer = accept_envelope_now(
+                        store, &identity, &stats, &events, from, &envelope, now_ms,
                     );
-                    send_events(&events, gathered);
                     bump(&stats.onion_delivered);
                     Some(Internal::OnionAnswer {
                         surb,

@@ -13,7 +13,7 @@ use peercomm_store::{DeliveryState, Route};
 use peercomm_wire::pb::RouteRefusalCode;
 use peercomm_wire::{MessageId, MsgResponse, RouteResponse, Routed};
 
-use super::{accept_envelope, send_events, EventLoop, Internal};
+use super::{accept_envelope_now, EventLoop, Internal};
 use crate::routing::{Admit, RouteInfo, Router};
 use crate::stats::bump;
 use crate::NodeEvent;
@@ -315,17 +315,15 @@ impl EventLoop {
                 let events = self.shared.events.clone();
                 let origin = routed.origin;
                 self.background(move |store| {
-                    let mut gathered = Vec::new();
-                    let answer = accept_envelope(
+                    let answer = accept_envelope_now(
                         store,
                         &identity,
                         &stats,
-                        &mut gathered,
+                        &events,
                         origin,
                         &routed.envelope,
                         now,
                     );
-                    send_events(&events, gathered);
                     bump(&stats.routed_delivered);
                     let response = match MsgResponse::from_pb(answer) {
                         Ok(response) => RouteResponse::Answer {
