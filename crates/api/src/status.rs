@@ -75,6 +75,9 @@ pub(crate) struct Stats {
     pub(crate) records_accepted: u64,
     /// Peer records refused.
     pub(crate) records_rejected: u64,
+    /// Peer records equal to the one verified and stored in the last 10
+    /// minutes (a reconnecting peer): not checked or written again.
+    pub(crate) records_unchanged: u64,
     /// DHT records refused: not signed by the peer they name.
     pub(crate) dht_rejected_forged: u64,
     /// DHT records refused: older than the one held.
@@ -231,6 +234,7 @@ impl From<StatsSnapshot> for Stats {
             bad_receipts,
             records_accepted,
             records_rejected,
+            records_unchanged,
             dht_rejected_forged,
             dht_rejected_stale,
             dht_rejected_expired,
@@ -315,6 +319,7 @@ impl From<StatsSnapshot> for Stats {
             bad_receipts,
             records_accepted,
             records_rejected,
+            records_unchanged,
             dht_rejected_forged,
             dht_rejected_stale,
             dht_rejected_expired,

@@ -39,6 +39,14 @@ pub(crate) struct DhtBenchArgs {
     /// CPU figure (longer windows are steadier, and leave time to profile).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     idle: Duration,
+    /// Bootstrap peers each new node is given, picked at random among the
+    /// nodes that have joined (1: every node joins through one of them).
+    #[arg(long, default_value_t = 3)]
+    bootstrap_peers: usize,
+    /// How long an unused connection stays open on every node
+    /// (`network.idle_connection_timeout`) [default: the node default, 2m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_connection_timeout: Option<Duration>,
 }
 
 /// Runs the DHT scale benchmark and prints its figures.
@@ -67,6 +75,16 @@ pub(crate) async fn dht(args: DhtBenchArgs, json: bool) -> anyhow::Result<()> {
         bail!("--idle must be above zero, e.g. 5s");
     }
     options.idle = args.idle;
+    if args.bootstrap_peers == 0 {
+        bail!("--bootstrap-peers must be at least 1 (got 0)");
+    }
+    options.bootstrap_peers = args.bootstrap_peers;
+    if let Some(timeout) = args.idle_connection_timeout {
+        if timeout.is_zero() {
+            bail!("--idle-connection-timeout must be above zero, e.g. 30s");
+        }
+        options.idle_connection_timeout = timeout;
+    }
     if !json {
         println!(
             "peercomm bench dht: {} nodes on the memory transport (seed {seed})",
@@ -114,6 +132,14 @@ fn print_report(r: &DhtScaleReport) {
         r.join_secs.p50,
         r.join_secs.p95,
         r.rss_kib_per_node / 1024.0
+    );
+    println!(
+        "  joining       {:.2} CPU s per node joined; {:.0} connections opened per node; \
+         {} bootstrap peers each; idle connections close after {:.0} s",
+        r.formation_cpu_secs_per_node,
+        r.connections_opened_per_node,
+        r.bootstrap_peers,
+        r.idle_connection_timeout_secs
     );
     println!(
         "  upkeep        {:.1} connections and {:.1} DHT records per node; idle network CPU {:.0}% of a core",

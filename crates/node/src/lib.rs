@@ -29,6 +29,7 @@ pub mod dht;
 pub mod groups;
 mod handle;
 pub mod identity;
+mod known_records;
 pub mod mailbox;
 pub mod msg;
 mod node;

@@ -41,6 +41,7 @@ use crate::dht::{diversity, peer_key, validate::validate, DhtStats, Rejection, K
 use crate::handle::FindError;
 use crate::handle::{Command, ConnectedPeer, NodeHandle, Shared};
 use crate::identity::{Identity, IdentityError};
+use crate::known_records::{KnownRecords, RecordDigest};
 use crate::mailbox::MAILBOX_PROTOCOL;
 use crate::msg::{FrameCodec, MSG_BATCH_PROTOCOL, MSG_PROTOCOL, RECORD_PROTOCOL};
 use crate::observed::ObservedAddrs;
@@ -216,6 +217,9 @@ enum Internal {
         /// What the record says of the peer as a relay, when it is newer
         /// than what we held (a stale record teaches nothing).
         relay: Option<Option<crate::onion::path::Relay>>,
+        /// The record's digest and expiry, when it was stored as the newest
+        /// we hold (so an identical copy is not checked again).
+        known: Option<(RecordDigest, u64)>,
     },
     Rescheduled,
     /// The answer to an attempt was processed (and a receipt committed).
@@ -441,6 +445,7 @@ impl Node {
             due_running: false,
             next_due_ms: 0,
             due_checked: Instant::now(),
+            known_records: KnownRecords::default(),
             shutdown: None,
         };
         event_loop.sign_record();
@@ -697,6 +702,8 @@ struct EventLoop {
     /// When a round last ran, for the safety-net look every
     /// [`DUE_RECHECK`].
     due_checked: Instant,
+    /// Peer records verified and stored recently (reconnections skip both).
+    known_records: KnownRecords,
     shutdown: Option<(oneshot::Sender<()>, tokio::time::Instant)>,
     dht: DhtState,
     route: route::RouteState,
@@ -720,6 +727,13 @@ struct DhtState {
     /// timed out in its lookup phase.
     direct_publish: Option<QueryId>,
     last_saved: Option<Instant>,
+    /// The routing table changed since its peers were last saved.
+    peers_unsaved: bool,
+    /// Peers in the routing table when last counted, and when that was.
+    table_len: usize,
+    table_counted: Option<Instant>,
+    /// The routing table may have changed since it was last counted.
+    table_changed: bool,
     /// Lookups in flight, by query.
     lookups: HashMap<QueryId, PendingLookup>,
     /// The query looking for a peer, so one lookup serves every asker.
@@ -782,6 +796,8 @@ const HANDOFF_MAX: usize = 32;
 const REBOOTSTRAP_AFTER: Duration = Duration::from_secs(10);
 /// How often the routing table's peers are saved.
 const SAVE_PEERS_EVERY: Duration = Duration::from_secs(30);
+/// How long a count of the routing table is trusted without a change seen.
+const TABLE_RECOUNT: Duration = Duration::from_secs(10);
 /// The outbox is looked at this often even when nothing is due by the
 /// last round's reckoning: a safety net, not the schedule.
 const DUE_RECHECK: Duration = Duration::from_secs(30);
@@ -949,6 +965,16 @@ impl EventLoop {
     fn on_record_bytes(&mut self, from: PeerId, bytes: Vec<u8>) {
         let now = self.now_ms();
         let stats = self.shared.stats.clone();
+        let digest = RecordDigest::of(&bytes);
+        if let Some(addrs) = self.known_records.addrs_if_known(&from, &digest, now) {
+            // A reconnecting peer with the record we verified and stored:
+            // nothing to check or write.
+            bump(&stats.records_unchanged);
+            self.on_record_stored(from, addrs, None, None);
+            return;
+        }
+        // With nothing pending in the outbox there is nothing to release.
+        let reschedule = !self.outbox_idle();
         self.background(move |store| {
             let record = match peercomm_wire::verify_record(&bytes, now) {
                 Ok(r) if r.peer_id == from => r,
@@ -972,30 +998,79 @@ impl EventLoop {
                 first_seen_ms: now,
                 last_seen_ms: now,
             };
-            let fresh = match store.upsert_peer(&row) {
-                Ok(UpsertOutcome::Stale) => {
-                    bump(&stats.records_rejected);
-                    false
+            // One transaction for the record and the messages it releases.
+            let (fresh, committed) = store.in_one_commit(|store| {
+                let fresh = match store.upsert_peer(&row) {
+                    Ok(UpsertOutcome::Stale) => {
+                        bump(&stats.records_rejected);
+                        Ok(None)
+                    }
+                    Ok(_) => {
+                        bump(&stats.records_accepted);
+                        Ok(Some(true))
+                    }
+                    Err(e) => Err(e),
+                };
+                // Whatever we hold now, messages to this peer can go out.
+                if reschedule {
+                    if let Err(e) = store.reschedule_recipient(&from.to_base58(), now) {
+                        tracing::warn!("cannot reschedule messages to {from}: {e}");
+                    }
                 }
-                Ok(_) => {
-                    bump(&stats.records_accepted);
-                    true
-                }
+                fresh
+            });
+            let (fresh, known) = match committed.and(fresh) {
+                Ok(Some(_)) => (true, Some((digest, record.expires_ms))),
+                // Stale: we hold a newer one; check the next one in full.
+                Ok(None) => (false, None),
                 Err(e) => {
                     tracing::warn!("cannot store the record of {from}: {e}");
-                    false
+                    (false, None)
                 }
             };
-            // Whatever we hold now, messages to this peer can go out.
-            if let Err(e) = store.reschedule_recipient(&from.to_base58(), now) {
-                tracing::warn!("cannot reschedule messages to {from}: {e}");
-            }
             Some(Internal::RecordStored {
                 peer: from,
                 relay: fresh.then(|| onion::relay_of(&record)),
                 addrs: record.addrs,
+                known,
             })
         });
+    }
+
+    /// A peer's record is verified and stored (or was already): learn its
+    /// addresses and relay key, and release what waits for it.
+    fn on_record_stored(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        relay: Option<Option<crate::onion::path::Relay>>,
+        known: Option<(RecordDigest, u64)>,
+    ) {
+        if let Some((digest, expires_ms)) = known {
+            let now = self.now_ms();
+            self.known_records
+                .remember(peer, digest, expires_ms, addrs.clone(), now);
+        }
+        self.route.note_relays(peer, &addrs);
+        if let Some(relay) = relay.filter(|_| peer != self.shared.peer_id) {
+            self.onion.learn_relay(peer, relay);
+        }
+        for addr in addrs {
+            self.swarm.add_peer_address(peer, addr);
+        }
+        if !self.outbox_idle() {
+            self.due_dirty = true;
+        }
+        self.emit(NodeEvent::PeerRecord { peer });
+    }
+
+    /// Whether the outbox holds nothing to send: the last due round found
+    /// nothing pending and nothing was queued or made due since. A new
+    /// connection or record then has no message to release, and neither a
+    /// reschedule nor a due round is needed. (A message queued meanwhile is
+    /// due at once, so it never waits on a skipped reschedule.)
+    fn outbox_idle(&self) -> bool {
+        self.next_due_ms == u64::MAX && !self.due_dirty && !self.due_running
     }
 
     // ---- start-up ----------------------------------------------------------
@@ -1460,17 +1535,12 @@ impl EventLoop {
                         .send_response(channel, response);
                 }
             }
-            Internal::RecordStored { peer, addrs, relay } => {
-                self.route.note_relays(peer, &addrs);
-                if let Some(relay) = relay.filter(|_| peer != self.shared.peer_id) {
-                    self.onion.learn_relay(peer, relay);
-                }
-                for addr in addrs {
-                    self.swarm.add_peer_address(peer, addr);
-                }
-                self.due_dirty = true;
-                self.emit(NodeEvent::PeerRecord { peer });
-            }
+            Internal::RecordStored {
+                peer,
+                addrs,
+                relay,
+                known,
+            } => self.on_record_stored(peer, addrs, relay, known),
             Internal::Rescheduled => self.due_dirty = true,
             Internal::Answered { id } => {
                 self.in_flight_ids.remove(&id);
@@ -1647,14 +1717,36 @@ impl EventLoop {
         record
     }
 
-    /// Peers in the routing table.
+    /// Peers in the routing table. Counting walks all 256 buckets, which
+    /// every node did on every tick: with thousands of nodes in one process
+    /// that was a fifth of an idle network's CPU. The count is kept, and
+    /// made again only after the table changed or [`TABLE_RECOUNT`] since
+    /// the last count (Kademlia may drop a peer without telling us).
     fn routing_table_len(&mut self) -> usize {
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum()
+        let stale = self.dht.table_changed
+            || self
+                .dht
+                .table_counted
+                .is_none_or(|t| t.elapsed() >= TABLE_RECOUNT);
+        if stale {
+            self.dht.table_len = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .kbuckets()
+                .map(|b| b.num_entries())
+                .sum();
+            self.dht.table_counted = Some(Instant::now());
+            self.dht.table_changed = false;
+        }
+        self.dht.table_len
+    }
+
+    /// The routing table may have changed: count it again when asked, and
+    /// save its peers at the next save.
+    fn routing_table_touched(&mut self) {
+        self.dht.table_changed = true;
+        self.dht.peers_unsaved = true;
     }
 
     fn dht_tick(&mut self) {
@@ -1692,12 +1784,14 @@ impl EventLoop {
         {
             self.publish();
         }
-        if self
-            .dht
-            .last_saved
-            .is_none_or(|t| t.elapsed() >= SAVE_PEERS_EVERY)
+        if self.dht.peers_unsaved
+            && self
+                .dht
+                .last_saved
+                .is_none_or(|t| t.elapsed() >= SAVE_PEERS_EVERY)
         {
             self.dht.last_saved = Some(Instant::now());
+            self.dht.peers_unsaved = false;
             let peers = self.routing_peers();
             let now = self.now_ms();
             self.background(move |store| {
@@ -1726,6 +1820,7 @@ impl EventLoop {
     /// Adds a peer to the routing table if its bucket has room for its subnet.
     fn dht_add(&mut self, peer: PeerId, addr: Multiaddr) {
         let limit = self.shared.config.dht.max_peers_per_subnet;
+        let was_empty = !self.dht.joined && self.routing_table_len() == 0;
         let kad = &mut self.swarm.behaviour_mut().kad;
         if limit > 0 && diversity::subnet(&addr).is_some() {
             if let Some(bucket) = kad.kbucket(peer) {
@@ -1740,9 +1835,9 @@ impl EventLoop {
                 }
             }
         }
-        let was_empty = kad.kbuckets().all(|b| b.num_entries() == 0);
         kad.add_address(&peer, addr);
-        if was_empty && !self.dht.joined {
+        self.routing_table_touched();
+        if was_empty {
             // The first peer we learn of: join through it now.
             self.bootstrap();
         }
@@ -1793,12 +1888,11 @@ impl EventLoop {
         if let Some(query) = self.dht.lookup_of.get(&peer) {
             return Some(*query);
         }
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        if kad.kbuckets().all(|b| b.num_entries() == 0) {
+        if self.routing_table_len() == 0 {
             return None;
         }
         // A record we hold ourselves is not an answer: ask the network.
-        let query = kad.get_record(peer_key(&peer));
+        let query = self.swarm.behaviour_mut().kad.get_record(peer_key(&peer));
         self.dht.lookups.insert(
             query,
             PendingLookup {
@@ -1844,10 +1938,14 @@ impl EventLoop {
                     },
             } => self.on_inbound_put(source, record),
             kad::Event::RoutingUpdated {
+                is_new_peer: false, ..
+            } => self.routing_table_touched(),
+            kad::Event::RoutingUpdated {
                 peer,
                 is_new_peer: true,
                 ..
             } => {
+                self.routing_table_touched();
                 let within = self.shared.config.dht.republish_interval;
                 let returning = self.dht.routed.returning(peer, Instant::now(), within);
                 if returning && self.shared.config.bandwidth.dht_tuning_on() {
@@ -2017,18 +2115,14 @@ impl EventLoop {
                 continue;
             }
             let target = kad::KBucketKey::new(key.clone());
-            let closest: Vec<kad::KBucketKey<PeerId>> =
-                kad.get_closest_local_peers(&target).take(k).collect();
-            if !closest.iter().any(|p| *p.preimage() == peer) {
-                continue;
-            }
-            // Only the holder closest to the key (of the peers it knew
-            // before) sends, not all k of them.
             let ours = local.distance(&target);
-            if closest
-                .iter()
-                .any(|p| *p.preimage() != peer && p.distance(&target) < ours)
-            {
+            if !hand_off_due(
+                kad.get_closest_local_peers(&target),
+                &peer,
+                &target,
+                ours,
+                k,
+            ) {
                 continue;
             }
             if let Some(record) = kad.store_mut().get(&key) {
@@ -2268,6 +2362,9 @@ impl EventLoop {
             let ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
             now = now.saturating_add(self.rng.gen_range(0..=ms));
         }
+        if self.outbox_idle() {
+            return;
+        }
         self.background(move |store| {
             store
                 .reschedule_recipient(&peer.to_base58(), now)
@@ -2373,6 +2470,33 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// Whether a record under `target` is ours to hand to `peer`, new in the
+/// routing table: `peer` is among the `k` peers we know closest to it, and
+/// no other peer among them is closer than we are (`ours`), so we are the
+/// closest holder and the one to send it, not all k of them. `closest`
+/// yields known peers by increasing distance; it is read only as far as the
+/// answer needs (usually one peer: someone else is closer than we are).
+fn hand_off_due(
+    closest: impl Iterator<Item = kad::KBucketKey<PeerId>>,
+    peer: &PeerId,
+    target: &kad::KBucketKey<kad::RecordKey>,
+    ours: kad::KBucketDistance,
+    k: usize,
+) -> bool {
+    let mut found = false;
+    for known in closest.take(k) {
+        if known.preimage() == peer {
+            found = true;
+        } else if known.distance(target) < ours {
+            return false;
+        } else if found {
+            // This one and every later one are at least as far as we are.
+            return true;
+        }
+    }
+    found
 }
 
 /// How bodies are compressed before sealing.
@@ -2719,4 +2843,78 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         Protocol::Ip6(ip) => ip.is_unspecified(),
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `hand_off_due` against its definition: `peer` among the k closest
+    /// known, and nobody else among them closer to the key than we are.
+    #[test]
+    fn hand_off_is_due_exactly_when_we_are_the_closest_holder() {
+        let k = 20;
+        let mut not_due = 0;
+        for round in 0..200u32 {
+            let known: Vec<PeerId> = (0..60).map(|_| PeerId::random()).collect();
+            let target = kad::KBucketKey::new(kad::RecordKey::new(&round.to_be_bytes()));
+            let mut by_distance: Vec<kad::KBucketKey<PeerId>> =
+                known.iter().map(|p| kad::KBucketKey::from(*p)).collect();
+            by_distance.sort_by_key(|p| p.distance(&target));
+            let closest: Vec<_> = by_distance.iter().take(k).cloned().collect();
+            // We are some peer not in the table; the new peer is one of
+            // the closest few (or, now and then, any known peer).
+            let ours = kad::KBucketKey::from(PeerId::random()).distance(&target);
+            let peer = known[(round as usize * 7) % known.len()];
+            let peer = if round % 3 == 0 {
+                *by_distance[(round as usize) % 3].preimage()
+            } else {
+                peer
+            };
+            let expected = closest.iter().any(|p| *p.preimage() == peer)
+                && !closest
+                    .iter()
+                    .any(|p| *p.preimage() != peer && p.distance(&target) < ours);
+            let got = hand_off_due(by_distance.iter().cloned(), &peer, &target, ours, k);
+            assert_eq!(got, expected, "round {round}");
+            not_due += usize::from(!expected);
+        }
+        assert!(not_due > 0);
+        // Due: we are nearer than every known peer but the new one.
+        let target = kad::KBucketKey::new(kad::RecordKey::new(b"key"));
+        let mut by_distance: Vec<kad::KBucketKey<PeerId>> = (0..30)
+            .map(|_| kad::KBucketKey::from(PeerId::random()))
+            .collect();
+        by_distance.sort_by_key(|p| p.distance(&target));
+        let nearest = *by_distance[0].preimage();
+        let ours = by_distance[0].distance(&target);
+        assert!(hand_off_due(
+            by_distance.iter().cloned(),
+            &nearest,
+            &target,
+            ours,
+            k
+        ));
+        // The second-nearest is not ours to hand to while the nearest is
+        // closer than we are.
+        let second = *by_distance[1].preimage();
+        let ours = by_distance[1].distance(&target);
+        assert!(!hand_off_due(
+            by_distance.iter().cloned(),
+            &second,
+            &target,
+            ours,
+            k
+        ));
+        // Past the k closest it is never due.
+        let far = *by_distance[25].preimage();
+        let zero = kad::KBucketDistance::default();
+        assert!(!hand_off_due(
+            by_distance.iter().cloned(),
+            &far,
+            &target,
+            zero,
+            k
+        ));
+    }
 }

@@ -40,6 +40,9 @@ pub(crate) struct Stats {
     pub(crate) records_accepted: AtomicU64,
     /// Peer records refused (bad signature, expired, stale).
     pub(crate) records_rejected: AtomicU64,
+    /// Peer records equal to the one verified and stored in the last 10
+    /// minutes (a reconnecting peer): not verified or written again.
+    pub(crate) records_unchanged: AtomicU64,
     /// DHT records refused: not signed by the peer they name.
     pub(crate) dht_rejected_forged: AtomicU64,
     /// DHT records refused: older than the one held.
@@ -198,6 +201,7 @@ pub struct StatsSnapshot {
     pub bad_receipts: u64,
     pub records_accepted: u64,
     pub records_rejected: u64,
+    pub records_unchanged: u64,
     pub dht_rejected_forged: u64,
     pub dht_rejected_stale: u64,
     pub dht_rejected_expired: u64,
@@ -347,6 +351,11 @@ impl StatsSnapshot {
                 "peercomm_records_rejected",
                 "Peer records refused.",
                 self.records_rejected,
+            ),
+            (
+                "peercomm_records_unchanged",
+                "Peer records equal to the one verified and stored recently: not checked or written again.",
+                self.records_unchanged,
             ),
             (
                 "peercomm_dht_publish_ok",
@@ -725,6 +734,7 @@ impl Stats {
             bad_receipts: g(&self.bad_receipts),
             records_accepted: g(&self.records_accepted),
             records_rejected: g(&self.records_rejected),
+            records_unchanged: g(&self.records_unchanged),
             dht_rejected_forged: g(&self.dht_rejected_forged),
             dht_rejected_stale: g(&self.dht_rejected_stale),
             dht_rejected_expired: g(&self.dht_rejected_expired),

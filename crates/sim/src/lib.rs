@@ -479,11 +479,17 @@ impl SimNet {
     /// Adds and starts a new node whose only bootstrap peer is `via`.
     /// Returns its index.
     pub async fn spawn(&mut self, via: Option<usize>) -> Result<usize, SimError> {
+        self.spawn_through(via.as_slice()).await
+    }
+
+    /// Adds and starts a new node whose bootstrap peers are the nodes
+    /// `through` (none: it starts alone). Returns its index.
+    pub async fn spawn_through(&mut self, through: &[usize]) -> Result<usize, SimError> {
         let index = self.nodes.len();
         let data_dir = self._root.path().join(format!("node-{index}"));
         let mut config = self.config.clone();
-        if let Some(via) = via {
-            config.bootstrap = vec![self.addr(via)];
+        if !through.is_empty() {
+            config.bootstrap = through.iter().map(|i| self.addr(*i)).collect();
         }
         let (node, listen) = start_node(
             index,

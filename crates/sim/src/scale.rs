@@ -32,6 +32,13 @@ pub struct DhtScaleOptions {
     pub refresh_interval: Duration,
     /// How long the formed network is watched idle for its CPU use.
     pub idle: Duration,
+    /// Bootstrap peers each new node is given: this many nodes picked at
+    /// random among those that have joined (node 0 for the first ones), as
+    /// a deployment ships several bootstrap addresses.
+    pub bootstrap_peers: usize,
+    /// How long an unused connection stays open
+    /// (`network.idle_connection_timeout`).
+    pub idle_connection_timeout: Duration,
 }
 
 impl DhtScaleOptions {
@@ -46,6 +53,10 @@ impl DhtScaleOptions {
             wave: 50,
             refresh_interval: Duration::from_secs(300),
             idle: Duration::from_secs(5),
+            bootstrap_peers: 3,
+            idle_connection_timeout: peercomm_node::Config::default()
+                .network
+                .idle_connection_timeout,
         }
     }
 }
@@ -136,6 +147,18 @@ pub struct DhtScaleReport {
     pub formed_secs: f64,
     /// Seconds from a node's start until it had joined and published.
     pub join_secs: Spread,
+    /// CPU seconds the whole process used while the network formed, per
+    /// node: what one join costs the network (the joiner and every node it
+    /// talks to), idle upkeep of the nodes already up included.
+    pub formation_cpu_secs_per_node: f64,
+    /// Connections each node opened or accepted while the network formed
+    /// (mean; each one exchanges peer records, so this counts the records
+    /// received: accepted, refused or unchanged).
+    pub connections_opened_per_node: f64,
+    /// Bootstrap peers each new node was given.
+    pub bootstrap_peers: usize,
+    /// How long an unused connection stayed open, seconds.
+    pub idle_connection_timeout_secs: f64,
     /// Resident memory added per node, KiB.
     pub rss_kib_per_node: f64,
     /// Open connections per node once the network had formed (mean).
@@ -200,10 +223,14 @@ fn status_kib(field: &str) -> u64 {
 
 /// The configuration of a scale node: test timings, but no delivery work
 /// to speak of, rare pings and the given refresh interval.
-fn scale_config(refresh_interval: Duration) -> peercomm_node::Config {
+fn scale_config(options: &DhtScaleOptions) -> peercomm_node::Config {
     let mut config = test_config();
     config.delivery.tick = Duration::from_secs(1);
-    config.dht.refresh_interval = refresh_interval;
+    config.dht.refresh_interval = options.refresh_interval;
+    config.network.idle_connection_timeout = options.idle_connection_timeout;
+    // No groups here: the gossipsub heartbeat at its default, not the fast
+    // one group tests use.
+    config.groups.heartbeat = peercomm_node::Config::default().groups.heartbeat;
     // Every lookup asks the network: no answers from the cache.
     config.dht.cache_ttl = Duration::ZERO;
     // Thousands of connections in one process: round-trip probes are the
@@ -218,30 +245,40 @@ pub async fn dht_scale(
     progress: &mut dyn FnMut(&str),
 ) -> Result<DhtScaleReport, SimError> {
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let config = scale_config(options.refresh_interval);
+    let config = scale_config(options);
     let (k, alpha) = (config.dht.k, config.dht.alpha);
     let mut sim = SimOptions::new(1, Topology::Isolated);
     sim.seed = options.seed;
     sim.transport = SimTransport::Memory;
     sim.config = config;
-    let rss_before = rss_kib();
+    let (rss_before, cpu_at_start) = (rss_kib(), cpu_secs());
     let started = Instant::now();
     let mut net = SimNet::start(sim).await?;
     let mut spawned_at = vec![Instant::now()];
     let mut joined_at: Vec<Option<Instant>> = vec![None];
+    let mut joined_nodes: Vec<usize> = Vec::new();
     let deadline = started + options.join_timeout;
-    // Start nodes in waves, each through the first node; a wave's nodes
-    // join while the next one starts.
+    // Start nodes in waves, each through a few nodes that have joined (the
+    // first through node 0); a wave's nodes join while the next one starts.
     while net.len() < options.nodes || joined_at.iter().any(Option::is_none) {
         let wave_end = (net.len() + options.wave.max(1)).min(options.nodes);
         while net.len() < wave_end {
-            net.spawn(Some(0)).await?;
+            let through: Vec<usize> = if joined_nodes.is_empty() {
+                vec![0]
+            } else {
+                joined_nodes
+                    .choose_multiple(&mut rng, options.bootstrap_peers.max(1))
+                    .copied()
+                    .collect()
+            };
+            net.spawn_through(&through).await?;
             spawned_at.push(Instant::now());
             joined_at.push(None);
         }
         for (i, at) in joined_at.iter_mut().enumerate() {
             if at.is_none() && has_joined(net.handle(i)).await {
                 *at = Some(Instant::now());
+                joined_nodes.push(i);
             }
         }
         let joined = joined_at.iter().filter(|j| j.is_some()).count();
@@ -262,6 +299,7 @@ pub async fn dht_scale(
         }
     }
     let formed_secs = started.elapsed().as_secs_f64();
+    let formation_cpu = cpu_secs() - cpu_at_start;
     let rss_after = rss_kib();
     let join: Vec<f64> = spawned_at
         .iter()
@@ -270,8 +308,10 @@ pub async fn dht_scale(
         .collect();
 
     let all: Vec<usize> = (0..options.nodes).collect();
-    let (mut connections, mut records) = (0usize, 0usize);
+    let (mut connections, mut records, mut opened) = (0usize, 0usize, 0u64);
     for i in &all {
+        let stats = net.handle(*i).stats();
+        opened += stats.records_accepted + stats.records_rejected + stats.records_unchanged;
         connections += net.handle(*i).peers().await.map(|p| p.len()).unwrap_or(0);
         records += net
             .handle(*i)
@@ -312,6 +352,10 @@ pub async fn dht_scale(
         alpha,
         formed_secs,
         join_secs: Spread::of(&join),
+        formation_cpu_secs_per_node: formation_cpu / n,
+        connections_opened_per_node: opened as f64 / n,
+        bootstrap_peers: options.bootstrap_peers,
+        idle_connection_timeout_secs: options.idle_connection_timeout.as_secs_f64(),
         rss_kib_per_node: rss_after.saturating_sub(rss_before) as f64 / n,
         connections_per_node: connections as f64 / n,
         records_per_node: records as f64 / n,

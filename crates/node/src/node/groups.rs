@@ -1351,11 +1351,13 @@ impl EventLoop {
                 self.group_catch_up(g);
             }
         }
-        // Own posts not yet deposited.
-        if self
-            .groups
-            .deposited_at
-            .is_none_or(|at| at.elapsed() >= DEPOSIT_RETRY)
+        // Own posts not yet deposited: looked for once after start, then
+        // while the node belongs to a group (a node in none posts nothing).
+        if (self.groups.deposited_at.is_none() || !self.groups.members.is_empty())
+            && self
+                .groups
+                .deposited_at
+                .is_none_or(|at| at.elapsed() >= DEPOSIT_RETRY)
         {
             self.groups.deposited_at = Some(now);
             self.background(|store| {
