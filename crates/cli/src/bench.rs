@@ -142,8 +142,9 @@ fn print_report(r: &DhtScaleReport) {
         r.idle_connection_timeout_secs
     );
     println!(
-        "  upkeep        {:.1} connections and {:.1} DHT records per node; idle network CPU {:.0}% of a core",
-        r.connections_per_node, r.records_per_node, r.idle_cpu_percent
+        "  upkeep        {:.1} connections and {:.1} DHT records per node; idle network CPU {:.0}% of a core; \
+         {:.1} connections per node after the idle window",
+        r.connections_per_node, r.records_per_node, r.idle_cpu_percent, r.connections_after_idle
     );
     println!(
         "  bound         log2(N)/log2(k) = {:.2} hops (k = {}, alpha = {})",

@@ -160,7 +160,8 @@ struct Behaviour {
     onion: request_response::Behaviour<FrameCodec>,
     mailbox: request_response::Behaviour<FrameCodec>,
     kad: RateLimitedKad,
-    gossipsub: libp2p::gossipsub::Behaviour,
+    /// Gossipsub whose streams let unused connections close.
+    gossipsub: crate::groups::keep_alive::Gossip,
 }
 
 /// A direct attempt awaiting its answer: enough to send it along a route
@@ -632,11 +633,13 @@ fn build_swarm(
                         })
                         .build()
                         .map_err(|e| format!("groups: gossipsub settings: {e}"))?;
-                    libp2p::gossipsub::Behaviour::new(
-                        libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()),
-                        config,
+                    crate::groups::keep_alive::Gossip::new(
+                        libp2p::gossipsub::Behaviour::new(
+                            libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()),
+                            config,
+                        )
+                        .map_err(|e| format!("groups: gossipsub: {e}"))?,
                     )
-                    .map_err(|e| format!("groups: gossipsub: {e}"))?
                 },
                 kad: {
                     let mut kad = kad::Behaviour::with_config(

@@ -169,6 +169,9 @@ pub struct DhtScaleReport {
     /// CPU the whole formed network used while idle, in percent of one
     /// core, over a 5 s window: the background cost of keeping it up.
     pub idle_cpu_percent: f64,
+    /// Open connections per node at the end of that idle window (mean):
+    /// what stays open once the joins' connections have gone idle.
+    pub connections_after_idle: f64,
     /// log2(N) / log2(k): the expected number of hops.
     pub hop_bound: f64,
     /// Lookups with every node up.
@@ -324,6 +327,10 @@ pub async fn dht_scale(
     tokio::time::sleep(options.idle).await;
     let idle_cpu_percent =
         100.0 * (cpu_secs() - cpu_before) / idle_start.elapsed().as_secs_f64().max(0.001);
+    let mut after_idle = 0usize;
+    for i in &all {
+        after_idle += net.handle(*i).peers().await.map(|p| p.len()).unwrap_or(0);
+    }
     progress(&format!(
         "formed in {formed_secs:.0}s, {:.1} connections per node, idle CPU {idle_cpu_percent:.0}%; {} lookups",
         connections as f64 / options.nodes.max(1) as f64,
@@ -360,6 +367,7 @@ pub async fn dht_scale(
         connections_per_node: connections as f64 / n,
         records_per_node: records as f64 / n,
         idle_cpu_percent,
+        connections_after_idle: after_idle as f64 / n,
         hop_bound: n.log2() / (k.max(2) as f64).log2(),
         before_churn,
         left: leaving.len(),

@@ -275,6 +275,7 @@ pub enum GroupError {
 
 pub(crate) mod engine;
 mod handle;
+pub(crate) mod keep_alive;
 pub mod mailbox;
 pub(crate) mod mls;
 pub(crate) mod pull;
