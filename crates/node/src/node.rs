@@ -1003,17 +1003,15 @@ impl EventLoop {
             };
             // One transaction for the record and the messages it releases.
             let (fresh, committed) = store.in_one_commit(|store| {
-                let fresh = match store.upsert_peer(&row) {
-                    Ok(UpsertOutcome::Stale) => {
-                        bump(&stats.records_rejected);
-                        Ok(None)
-                    }
-                    Ok(_) => {
-                        bump(&stats.records_accepted);
-                        Ok(Some(true))
-                    }
-                    Err(e) => Err(e),
-                };
+                let fresh = store.upsert_peer(&row).map(|outcome| {
+                    let fresh = outcome != UpsertOutcome::Stale;
+                    bump(if fresh {
+                        &stats.records_accepted
+                    } else {
+                        &stats.records_rejected
+                    });
+                    fresh
+                });
                 // Whatever we hold now, messages to this peer can go out.
                 if reschedule {
                     if let Err(e) = store.reschedule_recipient(&from.to_base58(), now) {
@@ -1023,9 +1021,9 @@ impl EventLoop {
                 fresh
             });
             let (fresh, known) = match committed.and(fresh) {
-                Ok(Some(_)) => (true, Some((digest, record.expires_ms))),
+                Ok(true) => (true, Some((digest, record.expires_ms))),
                 // Stale: we hold a newer one; check the next one in full.
-                Ok(None) => (false, None),
+                Ok(false) => (false, None),
                 Err(e) => {
                     tracing::warn!("cannot store the record of {from}: {e}");
                     (false, None)
@@ -2357,6 +2355,10 @@ impl EventLoop {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .on_connected(peer, Instant::now());
+        if self.outbox_idle() {
+            // Nothing queued for anyone: nothing to release.
+            return;
+        }
         let mut now = self.now_ms();
         if self.shared.config.bandwidth.adaptive_retry_on() && !spread.is_zero() {
             // Many peers back at once (a healed partition): spread what is
@@ -2364,9 +2366,6 @@ impl EventLoop {
             use rand::Rng;
             let ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
             now = now.saturating_add(self.rng.gen_range(0..=ms));
-        }
-        if self.outbox_idle() {
-            return;
         }
         self.background(move |store| {
             store

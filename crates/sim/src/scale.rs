@@ -311,11 +311,11 @@ pub async fn dht_scale(
         .collect();
 
     let all: Vec<usize> = (0..options.nodes).collect();
-    let (mut connections, mut records, mut opened) = (0usize, 0usize, 0u64);
+    let connections = open_connections(&net, &all).await;
+    let (mut records, mut opened) = (0usize, 0u64);
     for i in &all {
         let stats = net.handle(*i).stats();
         opened += stats.records_accepted + stats.records_rejected + stats.records_unchanged;
-        connections += net.handle(*i).peers().await.map(|p| p.len()).unwrap_or(0);
         records += net
             .handle(*i)
             .dht_stats()
@@ -327,10 +327,7 @@ pub async fn dht_scale(
     tokio::time::sleep(options.idle).await;
     let idle_cpu_percent =
         100.0 * (cpu_secs() - cpu_before) / idle_start.elapsed().as_secs_f64().max(0.001);
-    let mut after_idle = 0usize;
-    for i in &all {
-        after_idle += net.handle(*i).peers().await.map(|p| p.len()).unwrap_or(0);
-    }
+    let after_idle = open_connections(&net, &all).await;
     progress(&format!(
         "formed in {formed_secs:.0}s, {:.1} connections per node, idle CPU {idle_cpu_percent:.0}%; {} lookups",
         connections as f64 / options.nodes.max(1) as f64,
@@ -373,6 +370,15 @@ pub async fn dht_scale(
         left: leaving.len(),
         after_churn,
     })
+}
+
+/// Connections open at the `nodes`, summed (each counted at both ends).
+async fn open_connections(net: &SimNet, nodes: &[usize]) -> usize {
+    let mut open = 0;
+    for i in nodes {
+        open += net.handle(*i).peers().await.map(|p| p.len()).unwrap_or(0);
+    }
+    open
 }
 
 /// `lookups` lookups, one at a time, each from a random node among `among`

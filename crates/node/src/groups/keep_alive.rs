@@ -377,14 +377,20 @@ mod tests {
         }
     }
 
+    /// Gossipsub's own handler for a new inbound connection.
+    fn inner_handler(g: &mut Gossip, peer: PeerId, id: usize) -> Inner {
+        g.inner
+            .handle_established_inbound_connection(
+                ConnectionId::new_unchecked(id),
+                peer,
+                &"/memory/1".parse().unwrap(),
+                &"/memory/2".parse().unwrap(),
+            )
+            .unwrap()
+    }
+
     fn connect(g: &mut Gossip, peer: PeerId, id: usize, endpoint: &ConnectedPoint) {
-        g.handle_established_inbound_connection(
-            ConnectionId::new_unchecked(id),
-            peer,
-            &"/memory/1".parse().unwrap(),
-            &"/memory/2".parse().unwrap(),
-        )
-        .unwrap();
+        inner_handler(g, peer, id);
         g.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
             peer_id: peer,
             connection_id: ConnectionId::new_unchecked(id),
@@ -431,15 +437,7 @@ mod tests {
         assert!(!g.keeps(&stranger));
         assert_eq!(notices(&mut g), vec![(member, true), (member, true)]);
         // A new connection of a kept peer starts kept.
-        let inner = g
-            .inner
-            .handle_established_inbound_connection(
-                ConnectionId::new_unchecked(9),
-                member,
-                &"/memory/1".parse().unwrap(),
-                &"/memory/2".parse().unwrap(),
-            )
-            .unwrap();
+        let inner = inner_handler(&mut g, member, 9);
         let handler = g.handler(&member, inner);
         assert!(handler.connection_keep_alive());
         // The member leaves the topic: its connections may go idle.
@@ -476,15 +474,7 @@ mod tests {
     fn the_handler_follows_the_behaviour() {
         let mut g = gossip();
         let peer = PeerId::random();
-        let inner = g
-            .inner
-            .handle_established_inbound_connection(
-                ConnectionId::new_unchecked(1),
-                peer,
-                &"/memory/1".parse().unwrap(),
-                &"/memory/2".parse().unwrap(),
-            )
-            .unwrap();
+        let inner = inner_handler(&mut g, peer, 1);
         let mut handler = g.handler(&peer, inner);
         assert!(!handler.connection_keep_alive(), "not in a mesh, no topic");
         handler.on_behaviour_event(Either::Right(true));
