@@ -112,6 +112,10 @@ pub(crate) struct Stats {
     pub(crate) key_packages_kept: u64,
     /// Bootstraps that skipped their bucket refreshes (DHT tuning).
     pub(crate) dht_refreshes_cut: u64,
+    /// Bucket refreshes run as lean lookups for a few peers instead of full ones (DHT tuning).
+    pub(crate) dht_lean_refreshes: u64,
+    /// Kademlia requests sent to fill the routing table: bootstrap self-lookups and bucket refreshes.
+    pub(crate) dht_refresh_requests: u64,
     /// Messages sent into the routed network as the sender.
     pub(crate) routed_sent: u64,
     /// Routed messages passed on as a relay.
@@ -252,6 +256,8 @@ impl From<StatsSnapshot> for Stats {
             dht_handoffs_skipped,
             key_packages_kept,
             dht_refreshes_cut,
+            dht_lean_refreshes,
+            dht_refresh_requests,
             routed_sent,
             routed_forwarded,
             routed_delivered,
@@ -337,6 +343,8 @@ impl From<StatsSnapshot> for Stats {
             dht_handoffs_skipped,
             key_packages_kept,
             dht_refreshes_cut,
+            dht_lean_refreshes,
+            dht_refresh_requests,
             routed_sent,
             routed_forwarded,
             routed_delivered,

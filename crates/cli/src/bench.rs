@@ -134,10 +134,12 @@ fn print_report(r: &DhtScaleReport) {
         r.rss_kib_per_node / 1024.0
     );
     println!(
-        "  joining       {:.2} CPU s per node joined; {:.0} connections opened per node; \
-         {} bootstrap peers each; idle connections close after {:.0} s",
+        "  joining       {:.2} CPU s per node joined; {:.0} connections opened and {:.0} \
+         table-filling requests sent per node; {} bootstrap peers each; idle connections \
+         close after {:.0} s",
         r.formation_cpu_secs_per_node,
         r.connections_opened_per_node,
+        r.refresh_requests_per_node,
         r.bootstrap_peers,
         r.idle_connection_timeout_secs
     );

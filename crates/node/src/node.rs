@@ -752,6 +752,8 @@ struct DhtState {
     full_refresh_at: Option<Instant>,
     /// Bootstraps whose bucket refreshes are being skipped.
     cutting: HashSet<QueryId>,
+    /// Lean bucket refreshes in flight.
+    refreshing: HashSet<QueryId>,
     /// Peers that entered the routing table earlier in this run.
     routed: crate::dht::routed::Routed,
 }
@@ -1640,14 +1642,18 @@ impl EventLoop {
     }
 
     /// A step of a bootstrap finished (the self-lookup, or one bucket's
-    /// refresh). With DHT tuning, a bootstrap that starts within
-    /// [`full_refresh_gap`] of a complete one keeps its self-lookup and
-    /// skips the bucket refreshes: Kademlia starts one whenever a peer
-    /// enters a table of fewer than 20, so in a small network every peer
-    /// coming back online had every node walk every bucket again (most of
-    /// the DHT's bytes). Each further step is finished before it sends a
-    /// request; the periodic refresh and a node's first bootstrap run whole.
-    fn on_bootstrap_step(&mut self, id: QueryId, last: bool) {
+    /// refresh; `own_key` when it was the self-lookup). With DHT tuning:
+    ///
+    /// - a bootstrap that starts within [`full_refresh_gap`] of a complete
+    ///   one keeps its self-lookup and skips the bucket refreshes: Kademlia
+    ///   starts one whenever a peer enters a table of fewer than 20, so in a
+    ///   small network every peer coming back online had every node walk
+    ///   every bucket again (most of the DHT's bytes);
+    /// - otherwise libp2p's refreshes (full lookups) give way to lean ones
+    ///   ([`crate::dht::refresh`]) once the self-lookup is done.
+    ///
+    /// Each skipped step is finished before it sends a request.
+    fn on_bootstrap_step(&mut self, id: QueryId, last: bool, own_key: bool) {
         let cut = self.dht.cutting.contains(&id);
         if last {
             if !self.dht.cutting.remove(&id) {
@@ -1655,23 +1661,62 @@ impl EventLoop {
             }
             return;
         }
+        let tuning = self.shared.config.bandwidth.dht_tuning_on();
         let gap = full_refresh_gap(self.shared.config.dht.refresh_interval);
-        let soon_after_full = self.shared.config.bandwidth.dht_tuning_on()
+        let soon_after_full = tuning
             && self.dht.joined
             && self
                 .dht
                 .full_refresh_at
                 .is_some_and(|at| at.elapsed() < gap);
-        if !cut && !soon_after_full {
+        let lean = tuning && own_key && !cut && !soon_after_full;
+        if !cut && !soon_after_full && !lean {
             return;
         }
         if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
             q.finish();
             if !cut {
                 self.dht.cutting.insert(id);
-                bump(&self.shared.stats.dht_refreshes_cut);
+                if soon_after_full {
+                    bump(&self.shared.stats.dht_refreshes_cut);
+                }
             }
         }
+        if lean {
+            self.lean_refresh();
+            self.dht.full_refresh_at = Some(Instant::now());
+        }
+    }
+
+    /// Requests a bootstrap step or a lean refresh sent.
+    fn count_refresh_requests(&self, stats: &kad::QueryStats) {
+        self.shared.stats.dht_refresh_requests.fetch_add(
+            u64::from(stats.num_requests()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Refreshes every bucket beyond our closest neighbour's with a lookup
+    /// for the few peers closest to a random key in it.
+    fn lean_refresh(&mut self) {
+        use crate::dht::refresh;
+        let local = kad::KBucketKey::from(self.shared.peer_id);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let closest = kad
+            .kbuckets()
+            .next()
+            .and_then(|b| refresh::bucket_of(b.range().0));
+        let n = NonZeroUsize::new(refresh::REFRESH_RESULTS).unwrap_or(NonZeroUsize::MIN);
+        let mut started = 0u32;
+        for index in refresh::buckets_to_refresh(closest) {
+            let id = kad.get_n_closest_peers(refresh::key_in_bucket(&local, index), n);
+            self.dht.refreshing.insert(id);
+            started += 1;
+        }
+        self.shared
+            .stats
+            .dht_lean_refreshes
+            .fetch_add(u64::from(started), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Our record under `/peercomm/peer/<us>`, to the k closest peers.
@@ -1968,8 +2013,12 @@ impl EventLoop {
                 step,
                 ..
             } => match result {
-                kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining, .. })) => {
-                    self.on_bootstrap_step(id, step.last);
+                kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk {
+                    peer,
+                    num_remaining,
+                })) => {
+                    self.count_refresh_requests(&stats);
+                    self.on_bootstrap_step(id, step.last, peer == self.shared.peer_id);
                     // The table has peers: fetch what waited for us at once,
                     // without waiting for every bucket's refresh.
                     self.mailbox_first_drain();
@@ -1980,6 +2029,7 @@ impl EventLoop {
                     }
                 }
                 kad::QueryResult::Bootstrap(Err(e)) => {
+                    self.count_refresh_requests(&stats);
                     if step.last {
                         self.dht.cutting.remove(&id);
                     }
@@ -2007,6 +2057,13 @@ impl EventLoop {
                     self.on_found_record(id, found.record, &stats);
                 }
                 kad::QueryResult::GetRecord(_) if step.last => self.finish_lookup(id, &stats),
+                kad::QueryResult::GetClosestPeers(_) if self.dht.refreshing.contains(&id) => {
+                    // What it found entered the table as it connected.
+                    self.count_refresh_requests(&stats);
+                    if step.last {
+                        self.dht.refreshing.remove(&id);
+                    }
+                }
                 kad::QueryResult::GetClosestPeers(result) if self.mailbox.owns(&id) => {
                     let peers = match result {
                         Ok(ok) => ok.peers,

@@ -79,6 +79,12 @@ pub(crate) struct Stats {
     /// Bootstraps that skipped their bucket refreshes, coming soon after a
     /// complete one (DHT tuning).
     pub(crate) dht_refreshes_cut: AtomicU64,
+    /// Bucket refreshes run as lean lookups for a few peers instead of full
+    /// ones (DHT tuning).
+    pub(crate) dht_lean_refreshes: AtomicU64,
+    /// Kademlia requests sent to fill the routing table: bootstrap
+    /// self-lookups and bucket refreshes.
+    pub(crate) dht_refresh_requests: AtomicU64,
     /// Messages this node sent into the routed network (as the sender).
     pub(crate) routed_sent: AtomicU64,
     /// Routed messages this node passed on as a relay.
@@ -219,6 +225,8 @@ pub struct StatsSnapshot {
     pub dht_handoffs_skipped: u64,
     pub key_packages_kept: u64,
     pub dht_refreshes_cut: u64,
+    pub dht_lean_refreshes: u64,
+    pub dht_refresh_requests: u64,
     pub routed_sent: u64,
     pub routed_forwarded: u64,
     pub routed_delivered: u64,
@@ -411,6 +419,16 @@ impl StatsSnapshot {
                 "peercomm_dht_refreshes_cut",
                 "Bootstraps that skipped their bucket refreshes, coming soon after a complete one (DHT tuning).",
                 self.dht_refreshes_cut,
+            ),
+            (
+                "peercomm_dht_lean_refreshes",
+                "Bucket refreshes run as lean lookups for a few peers instead of full ones (DHT tuning).",
+                self.dht_lean_refreshes,
+            ),
+            (
+                "peercomm_dht_refresh_requests",
+                "Kademlia requests sent to fill the routing table: bootstrap self-lookups and bucket refreshes.",
+                self.dht_refresh_requests,
             ),
             (
                 "peercomm_routed_sent",
@@ -752,6 +770,8 @@ impl Stats {
             dht_handoffs_skipped: g(&self.dht_handoffs_skipped),
             key_packages_kept: g(&self.key_packages_kept),
             dht_refreshes_cut: g(&self.dht_refreshes_cut),
+            dht_lean_refreshes: g(&self.dht_lean_refreshes),
+            dht_refresh_requests: g(&self.dht_refresh_requests),
             routed_sent: g(&self.routed_sent),
             routed_forwarded: g(&self.routed_forwarded),
             routed_delivered: g(&self.routed_delivered),

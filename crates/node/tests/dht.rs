@@ -277,6 +277,60 @@ async fn a_peer_flooding_dht_requests_is_rate_limited() -> Result<()> {
     Ok(())
 }
 
+/// A joining node refreshes the buckets beyond its closest neighbour's.
+/// With DHT tuning each refresh asks for the 3 peers closest to a random key
+/// in the bucket, not the 20 of a full lookup: the joiner sends far fewer
+/// requests (each to a peer it must connect to), and still finds peers all
+/// over the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_refreshes_its_buckets_with_lean_lookups_under_dht_tuning() -> Result<()> {
+    const NODES: usize = 60;
+    let mut net = SimNet::start(bootstrap_net(NODES, SimTransport::Memory)).await?;
+    let all: Vec<usize> = (0..NODES).collect();
+    wait_joined(&net, &all, Duration::from_secs(120)).await?;
+    let mut sent = Vec::new();
+    for tuning in [false, true] {
+        net.spawn_config_mut().bandwidth.dht_tuning = tuning;
+        let joiner = net.spawn(Some(NODES / 2)).await?;
+        wait_joined(&net, &[joiner], Duration::from_secs(60)).await?;
+        // Its refreshes run on after it has published.
+        let handle = net.handle(joiner).clone();
+        wait_until(Duration::from_secs(30), "the refreshes to end", || {
+            let handle = handle.clone();
+            async move {
+                let before = handle.stats().dht_refresh_requests;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                handle.stats().dht_refresh_requests == before
+            }
+        })
+        .await?;
+        let stats = handle.stats();
+        eprintln!(
+            "DHT tuning {tuning}: {} refresh requests, {} lean refreshes",
+            stats.dht_refresh_requests, stats.dht_lean_refreshes
+        );
+        ensure!(
+            (stats.dht_lean_refreshes > 0) == tuning,
+            "{} lean refreshes with DHT tuning {tuning}",
+            stats.dht_lean_refreshes
+        );
+        for target in (0..NODES).step_by(6) {
+            ensure!(
+                find_ok(&handle, net.peer_id(target)).await,
+                "the joiner (DHT tuning {tuning}) cannot find node {target}"
+            );
+        }
+        sent.push(stats.dht_refresh_requests);
+    }
+    let (full, lean) = (sent[0], sent[1]);
+    ensure!(
+        lean * 3 <= full * 2,
+        "lean refreshes sent {lean} requests, full ones {full}"
+    );
+    net.shutdown().await;
+    Ok(())
+}
+
 /// Kademlia bootstraps again whenever a peer enters a table of fewer than 20.
 /// With DHT tuning, one that starts within a minute of a complete bootstrap
 /// keeps its self-lookup and skips the bucket refreshes; without it none is

@@ -512,6 +512,11 @@ impl SimNet {
         Ok(index)
     }
 
+    /// The configuration nodes spawned from now on start with.
+    pub fn spawn_config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
     /// Changes the configuration a stopped node restarts with.
     pub fn config_mut(&mut self, index: usize) -> &mut Config {
         &mut self.nodes[index].config

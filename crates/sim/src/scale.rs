@@ -155,6 +155,10 @@ pub struct DhtScaleReport {
     /// (mean; each one exchanges peer records, so this counts the records
     /// received: accepted, refused or unchanged).
     pub connections_opened_per_node: f64,
+    /// Kademlia requests each node sent to fill its routing table while the
+    /// network formed (mean): bootstrap self-lookups and bucket refreshes,
+    /// full or lean (DHT tuning).
+    pub refresh_requests_per_node: f64,
     /// Bootstrap peers each new node was given.
     pub bootstrap_peers: usize,
     /// How long an unused connection stayed open, seconds.
@@ -312,10 +316,11 @@ pub async fn dht_scale(
 
     let all: Vec<usize> = (0..options.nodes).collect();
     let connections = open_connections(&net, &all).await;
-    let (mut records, mut opened) = (0usize, 0u64);
+    let (mut records, mut opened, mut refresh_requests) = (0usize, 0u64, 0u64);
     for i in &all {
         let stats = net.handle(*i).stats();
         opened += stats.records_accepted + stats.records_rejected + stats.records_unchanged;
+        refresh_requests += stats.dht_refresh_requests;
         records += net
             .handle(*i)
             .dht_stats()
@@ -358,6 +363,7 @@ pub async fn dht_scale(
         join_secs: Spread::of(&join),
         formation_cpu_secs_per_node: formation_cpu / n,
         connections_opened_per_node: opened as f64 / n,
+        refresh_requests_per_node: refresh_requests as f64 / n,
         bootstrap_peers: options.bootstrap_peers,
         idle_connection_timeout_secs: options.idle_connection_timeout.as_secs_f64(),
         rss_kib_per_node: rss_after.saturating_sub(rss_before) as f64 / n,

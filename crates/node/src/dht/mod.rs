@@ -13,6 +13,7 @@ pub(crate) mod diversity;
 pub(crate) mod lookups;
 pub(crate) mod ratelimit;
 pub(crate) mod record_store;
+pub(crate) mod refresh;
 pub(crate) mod routed;
 pub(crate) mod validate;
 
