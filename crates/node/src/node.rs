@@ -47,7 +47,7 @@ use crate::msg::{FrameCodec, MSG_BATCH_PROTOCOL, MSG_PROTOCOL, RECORD_PROTOCOL};
 use crate::observed::ObservedAddrs;
 use crate::onion::ONION_PROTOCOL;
 use crate::routing::{Router, ROUTE_PROTOCOL};
-use crate::stats::{bump, Stats};
+use crate::stats::{add, bump, Stats};
 
 mod bandwidth;
 mod groups;
@@ -1690,9 +1690,9 @@ impl EventLoop {
 
     /// Requests a bootstrap step or a lean refresh sent.
     fn count_refresh_requests(&self, stats: &kad::QueryStats) {
-        self.shared.stats.dht_refresh_requests.fetch_add(
+        add(
+            &self.shared.stats.dht_refresh_requests,
             u64::from(stats.num_requests()),
-            std::sync::atomic::Ordering::Relaxed,
         );
     }
 
@@ -1707,16 +1707,13 @@ impl EventLoop {
             .next()
             .and_then(|b| refresh::bucket_of(b.range().0));
         let n = NonZeroUsize::new(refresh::REFRESH_RESULTS).unwrap_or(NonZeroUsize::MIN);
-        let mut started = 0u32;
+        let mut started = 0u64;
         for index in refresh::buckets_to_refresh(closest) {
             let id = kad.get_n_closest_peers(refresh::key_in_bucket(&local, index), n);
             self.dht.refreshing.insert(id);
             started += 1;
         }
-        self.shared
-            .stats
-            .dht_lean_refreshes
-            .fetch_add(u64::from(started), std::sync::atomic::Ordering::Relaxed);
+        add(&self.shared.stats.dht_lean_refreshes, started);
     }
 
     /// Our record under `/peercomm/peer/<us>`, to the k closest peers.
@@ -2246,9 +2243,7 @@ impl EventLoop {
         if lookup.answered {
             bump(&counters.dht_lookups_found);
         }
-        counters
-            .dht_lookup_requests
-            .fetch_add(u64::from(requests), std::sync::atomic::Ordering::Relaxed);
+        add(&counters.dht_lookup_requests, u64::from(requests));
         for waiter in lookup.waiters {
             let _ = waiter.send(Err(FindError::NotFound(lookup.peer)));
         }
